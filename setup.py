@@ -129,11 +129,15 @@ class CMakeBuild(build_ext):
         for g in filter(None, raw.get("groups", "").split(";")):
             fam, tag, archs_csv = g.split(":")
             groups.setdefault(fam, {})[tag] = archs_csv.split(",")
-        write_build_info(os.path.join(out_dir, "_build_info.json"), {
+        info = {
             "built": True, "archs_requested": archs, "families_requested": families, "ptx": ptx,
             "build_type": build_type, "cuda": raw.get("cuda"), "torch": torch.__version__,
             "groups": groups,
-        })
+        }
+        # Next to the library (wheel builds) and in the source tree (editable installs
+        # copy only the library itself back into the tree).
+        for d in {out_dir, os.path.join(ROOT, "qkernels")}:
+            write_build_info(os.path.join(d, "_build_info.json"), info)
 
 
 def main() -> None:

@@ -1,0 +1,113 @@
+"""The ``qkernels`` command.
+
+  qkernels info        what was built, for which archs, and how each op runs here
+  qkernels quickstart  the README's main job: a quick benchmark on a GPU; without
+                       one, a clear message and a CPU demo of the loader
+  qkernels bench ...   the benchmark suite (``qkernels bench --help``)
+  qkernels advise ...  which scheme to use for a model on a GPU, from measured results
+  qkernels demo        the CPU loader demo alone
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from typing import List, Optional
+
+import torch
+
+
+def _gpu_line() -> str:
+    if not torch.cuda.is_available():
+        return "none visible (torch.cuda.is_available() is False)"
+    lines = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        lines.append(f"[{i}] {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+                     f"{p.total_memory / 2**30:.0f} GiB")
+    return "; ".join(lines)
+
+
+def info(out=sys.stdout) -> int:
+    """Print versions, the build, and which implementation each op uses on this machine."""
+    import qkernels
+    from qkernels import _loader
+    from qkernels.ops import family_ops
+
+    p = lambda *a: print(*a, file=out)
+    bi = _loader.build_info
+    p(f"qkernels {qkernels.__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
+      f"torch CUDA {torch.version.cuda})")
+    p(f"GPU: {_gpu_line()}")
+    if bi.get("built"):
+        p(f"Build: CUDA {bi.get('cuda')}, archs requested '{bi.get('archs_requested')}', ptx={bi.get('ptx')}, "
+          f"{bi.get('build_type')}, against torch {bi.get('torch')}")
+        for fam, groups in sorted(bi.get("groups", {}).items()):
+            desc = ", ".join(f"{tag}: sm_{'/sm_'.join(archs)}" for tag, archs in sorted(groups.items()))
+            p(f"  {fam:<10} {desc}")
+        skipped = [f for f in bi.get("families_requested", []) if f not in bi.get("groups", {})]
+        if skipped:
+            p(f"  not built for these archs: {', '.join(skipped)}")
+    else:
+        p(f"Build: no CUDA code ({bi.get('reason', 'no build info: running from a source tree?')})")
+    p(f"Library: {_loader.library_path or 'not loaded: ' + str(_loader.load_error)}")
+    p("Ops (CPU tensors always run the pure-torch reference):")
+    for fam, names in family_ops().items():
+        for n in names:
+            cuda = "CUDA kernel" if _loader.has_cuda_kernel(n) else "no CUDA kernel (CPU reference only)"
+            p(f"  {fam:<10} qkernels::{n:<38} {cuda}")
+    if torch.cuda.is_available() and bi.get("built"):
+        arch = "".join(map(str, torch.cuda.get_device_capability(0)))
+        built = {a.rstrip("a") for g in bi.get("groups", {}).values() for archs in g.values() for a in archs}
+        if arch not in built and not bi.get("ptx"):
+            p(f"Note: this GPU is sm_{arch} but no kernel was built for it: ops on CUDA tensors will raise. "
+              f"Rebuild with QKERNELS_CUDA_ARCHS={arch if arch != '90' else '90a'}.")
+    return 0
+
+
+def quickstart() -> int:
+    """The README's main job."""
+    if torch.cuda.is_available():
+        from qkernels.testing.bench_cli import quick_main
+
+        return quick_main()
+    print("qkernels: no CUDA GPU is visible, so there is nothing to benchmark here.\n"
+          "Running the CPU demo instead: a tiny model quantized with compressed-tensors, loaded by\n"
+          "qkernels.nn and run through the CPU reference ops (the same math the CUDA kernels do).\n")
+    return demo()
+
+
+def demo() -> int:
+    from qkernels.nn.demo import main as demo_main
+
+    return demo_main() or 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv.pop(0) if argv else "help"
+    if cmd == "info":
+        if argv and argv[0] == "--json":
+            from qkernels import _loader
+
+            print(json.dumps(_loader.build_info, indent=2))
+            return 0
+        return info()
+    if cmd == "quickstart":
+        return quickstart()
+    if cmd == "demo":
+        return demo()
+    if cmd == "bench":
+        from qkernels.testing.bench_cli import main_bench
+
+        return main_bench(argv)
+    if cmd == "advise":
+        from qkernels.testing.bench_cli import main_advise
+
+        return main_advise(argv)
+    print(__doc__)
+    return 0 if cmd in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
