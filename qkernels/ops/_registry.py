@@ -59,14 +59,19 @@ def register_composite(name: str):
     return deco
 
 
+def missing_cuda_kernel(name: str, reason: str):
+    """A CUDA implementation of ``qkernels::name`` that raises ``reason`` clearly."""
+
+    def _raise(*args, **kwargs):
+        raise RuntimeError(
+            f"qkernels::{name} has no CUDA implementation in this install: {reason}. "
+            "CPU tensors run the pure-torch reference; `qkernels info` shows what was built."
+        )
+
+    return _raise
+
+
 def register_missing_cuda(names, reason: str) -> None:
     """Register CUDA implementations that raise ``reason`` for ops the library lacks."""
     for name in names:
-
-        def _raise(*args, _name=name, **kwargs):
-            raise RuntimeError(
-                f"qkernels::{_name} has no CUDA implementation in this install: {reason}. "
-                "CPU tensors run the pure-torch reference; `qkernels info` shows what was built."
-            )
-
-        _impl_lib.impl(name, _raise, "CUDA")
+        _impl_lib.impl(name, missing_cuda_kernel(name, reason), "CUDA")
