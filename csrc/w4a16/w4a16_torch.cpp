@@ -1,0 +1,163 @@
+// Torch glue of the W4A16 ops: checks, act-order gather, workspace, dispatch to the kernels.
+// Schemas: qkernels/ops/schemas.py. Kernels: kernels/*.cu (see w4a16.h).
+// Dispatch: checks -> arch (sm80+) -> activation dtype x zero points -> M bucket (in the kernel
+// launcher, kernels/gemm_kernel.cuh).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/zeros.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "core/torch_utils.h"
+#include "w4a16/w4a16.h"
+
+namespace qk::w4a16 {
+namespace {
+
+constexpr const char* kPadHint = " Pad the layer (csrc/w4a16/README.md, 'Shapes').";
+
+void check_arch(const char* op, const at::Tensor& t) {
+  const int arch = device_arch(t);
+#if defined(QK_W4A16_SM80)
+  TORCH_CHECK(arch >= 80, "qkernels.", op, ": needs sm_80 or newer (mma.sync bf16, cp.async); this GPU is sm_", arch,
+              ". Dequantise the weight (qkernels.reference.w4a16.dequantize) and use a dense GEMM.");
+#else
+  TORCH_CHECK(false, "qkernels.", op, ": the W4A16 kernels were not built for sm_80+ in this install (GPU is sm_",
+              arch, "). Rebuild with QKERNELS_ARCHS including 80, 86, 89 or 90.");
+#endif
+}
+
+void check_group_tensor(const char* name, const at::Tensor& t, const at::Tensor& a, int64_t groups, int64_t n) {
+  TORCH_CHECK(t.scalar_type() == a.scalar_type(), "qkernels.w4a16_gemm: ", name, " has dtype ", t.scalar_type(),
+              "; it must have the activations' dtype ", a.scalar_type(), ".");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == groups && t.size(1) == n, "qkernels.w4a16_gemm: ", name, " has shape ",
+              t.sizes(), "; expected [G, N] = [", groups, ", ", n, "].");
+  TORCH_CHECK(t.is_contiguous(), "qkernels.w4a16_gemm: ", name, " must be contiguous.");
+  TORCH_CHECK(t.device() == a.device(), "qkernels.w4a16_gemm: ", name, " is on ", t.device(), ", a on ", a.device(),
+              ".");
+}
+
+void check_perm(const char* op, const at::Tensor& perm, const at::Tensor& like, int64_t k) {
+  TORCH_CHECK(perm.scalar_type() == at::kInt && perm.dim() == 1 && perm.size(0) == k, "qkernels.", op,
+              ": perm must be int32 [K] = [", k, "]; got ", perm.scalar_type(), " ", perm.sizes(), ".");
+  TORCH_CHECK(perm.device() == like.device(), "qkernels.", op, ": perm is on ", perm.device(), ", expected ",
+              like.device(), ".");
+}
+
+at::Tensor w4a16_repack(const at::Tensor& weight_packed, const std::optional<at::Tensor>& perm) {
+  QK_CHECK_CUDA_TENSOR("w4a16_repack", weight_packed);
+  QK_CHECK_DTYPE("w4a16_repack", weight_packed, weight_packed.scalar_type() == at::kInt, "int32");
+  QK_CHECK_CONTIGUOUS("w4a16_repack", weight_packed);
+  TORCH_CHECK(weight_packed.dim() == 2, "qkernels.w4a16_repack: weight_packed must be 2-D [N, K/8]; got ",
+              weight_packed.sizes(), ".");
+  const int64_t n = weight_packed.size(0), k = weight_packed.size(1) * 8;
+  TORCH_CHECK(n % kTileN == 0 && k % kTileK == 0, "qkernels.w4a16_repack: N = ", n, ", K = ", k,
+              " must be multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
+  if (perm) check_perm("w4a16_repack", *perm, weight_packed, k);
+  check_arch("w4a16_repack", weight_packed);
+  const c10::cuda::CUDAGuard guard(weight_packed.device());
+  auto out = at::empty({k / 16, 2 * n}, weight_packed.options());
+#if defined(QK_W4A16_SM80)
+  QK_CHECK_LAUNCH("w4a16_repack",
+                  repack(reinterpret_cast<const uint32_t*>(weight_packed.data_ptr<int32_t>()),
+                         perm ? perm->data_ptr<int32_t>() : nullptr, reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>()),
+                         static_cast<int>(n), static_cast<int>(k), stream_of(weight_packed)));
+#endif
+  return out;
+}
+
+at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& perm,
+                      const std::optional<at::Tensor>& bias, int64_t size_n, int64_t size_k, int64_t group_size) {
+  constexpr const char* op = "w4a16_gemm";
+  // ---- checks (memory safety; the Python wrapper has the friendlier versions)
+  QK_CHECK_CUDA_TENSOR("w4a16_gemm", a);
+  QK_CHECK_DTYPE("w4a16_gemm", a, a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16,
+                 "float16, bfloat16");
+  QK_CHECK_CONTIGUOUS("w4a16_gemm", a);
+  TORCH_CHECK(a.dim() >= 1 && a.size(-1) == size_k, "qkernels.w4a16_gemm: a has shape ", a.sizes(),
+              "; its last dim must be K = ", size_k, ".");
+  TORCH_CHECK(size_n % kTileN == 0 && size_k % kTileK == 0, "qkernels.w4a16_gemm: N = ", size_n, ", K = ", size_k,
+              " must be multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
+  TORCH_CHECK(group_size == -1 || group_size == 32 || group_size == 64 || group_size == 128,
+              "qkernels.w4a16_gemm: group_size = ", group_size, "; supported: -1 (per channel), 32, 64, 128.");
+  QK_CHECK_DTYPE("w4a16_gemm", b_q, b_q.scalar_type() == at::kInt, "int32");
+  TORCH_CHECK(b_q.dim() == 2 && b_q.size(0) == size_k / 16 && b_q.size(1) == 2 * size_n && b_q.is_contiguous(),
+              "qkernels.w4a16_gemm: b_q must be a contiguous [K/16, 2N] = [", size_k / 16, ", ", 2 * size_n,
+              "] int32 tensor from w4a16_repack; got ", b_q.sizes(), ".");
+  QK_CHECK_SAME_DEVICE("w4a16_gemm", a, b_q);
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(b_q.data_ptr()) % 16 == 0,
+              "qkernels.w4a16_gemm: b_q must start at a 16-byte aligned address; pass the tensor from w4a16_repack "
+              "(or .clone() it).");
+  const int64_t groups = group_size == -1 ? 1 : size_k / group_size;
+  check_group_tensor("scales", scales, a, groups, size_n);
+  if (zeros) check_group_tensor("zeros", *zeros, a, groups, size_n);
+  if (perm) check_perm(op, *perm, a, size_k);
+  if (bias) {
+    TORCH_CHECK(bias->scalar_type() == a.scalar_type() && bias->dim() == 1 && bias->size(0) == size_n &&
+                    bias->is_contiguous(),
+                "qkernels.w4a16_gemm: bias must be a contiguous [N] = [", size_n, "] tensor of dtype ",
+                a.scalar_type(), "; got ", bias->scalar_type(), " ", bias->sizes(), ".");
+    QK_CHECK_SAME_DEVICE("w4a16_gemm", a, (*bias));
+  }
+  // ---- arch
+  check_arch(op, a);
+
+  const c10::cuda::CUDAGuard guard(a.device());
+  std::vector<int64_t> out_shape(a.sizes().begin(), a.sizes().end() - 1);
+  out_shape.push_back(size_n);
+  auto out = at::empty(out_shape, a.options());
+  const int64_t m = a.numel() / size_k;
+  if (m == 0) return out;
+  // Act-order: one gather pass over the activations (kernel row k = checkpoint column perm[k]).
+  at::Tensor a_sorted = perm ? at::index_select(a, -1, *perm) : a;
+  // cp.async moves 16-byte chunks: a view with a misaligned start is copied once.
+  if (reinterpret_cast<uintptr_t>(a_sorted.data_ptr()) % 16 != 0) a_sorted = a_sorted.clone();
+  // Stream-K workspace from torch's caching allocator: inside a CUDA graph capture it comes from
+  // the graph's pool and the zeroing of the locks is a captured memset.
+  auto partials = at::empty({static_cast<int64_t>(partials_floats(static_cast<int>(size_n)))},
+                            a.options().dtype(at::kFloat));
+  auto locks = at::zeros({size_n / kTileN}, a.options().dtype(at::kInt));
+
+  GemmArgs args{};
+  args.a = a_sorted.data_ptr();
+  args.b = reinterpret_cast<const uint32_t*>(b_q.data_ptr<int32_t>());
+  args.scales = scales.data_ptr();
+  args.zeros = zeros ? zeros->data_ptr() : nullptr;
+  args.bias = bias ? bias->data_ptr() : nullptr;
+  args.c = out.data_ptr();
+  args.partials = partials.data_ptr<float>();
+  args.locks = locks.data_ptr<int>();
+  TORCH_CHECK(m <= INT32_MAX, "qkernels.w4a16_gemm: M = ", m, " rows is too many (max 2^31 - 1).");
+  args.m = static_cast<int>(m);
+  args.n = static_cast<int>(size_n);
+  args.k = static_cast<int>(size_k);
+  args.group_size = static_cast<int>(group_size == -1 ? size_k : group_size);
+  int num_sms = 0;
+  QK_CHECK_LAUNCH("w4a16_gemm", cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, a.get_device()));
+  args.num_sms = num_sms;
+
+  // ---- activation dtype x zero points
+#if defined(QK_W4A16_SM80)
+  const cudaStream_t stream = stream_of(a);
+  const bool bf16 = a.scalar_type() == at::kBFloat16;
+  cudaError_t err;
+  if (bf16) {
+    err = zeros ? gemm<DType::kBFloat16, true>(args, stream) : gemm<DType::kBFloat16, false>(args, stream);
+  } else {
+    err = zeros ? gemm<DType::kFloat16, true>(args, stream) : gemm<DType::kFloat16, false>(args, stream);
+  }
+  QK_CHECK_LAUNCH("w4a16_gemm", err);
+#endif
+  return out;
+}
+
+}  // namespace
+}  // namespace qk::w4a16
+
+TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
+  m.impl("w4a16_repack", &qk::w4a16::w4a16_repack);
+  m.impl("w4a16_gemm", &qk::w4a16::w4a16_gemm);
+}

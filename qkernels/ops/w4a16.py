@@ -1,0 +1,220 @@
+"""W4A16: INT4-weight x FP16/BF16-activation GEMM (Marlin-style kernel, sm80+).
+
+Load time: :func:`prepare_weight` takes the tensors of a compressed-tensors ``pack-quantized``
+checkpoint (4 bits) and returns a :class:`W4A16Weight` in the kernel's layout (op
+``w4a16_repack`` + the scale / zero-point transposition). Run time: :func:`gemm`
+(op ``w4a16_gemm``). The layouts and the math are specified in ``qkernels.reference.w4a16``;
+each op's CPU implementation is that reference, its CUDA implementation is ``csrc/w4a16``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..reference import w4a16 as ref
+from . import _checks as C
+from ._registry import op, register_fake, register_reference
+
+ACT_DTYPES = (torch.float16, torch.bfloat16)
+GROUP_SIZES = ref.GROUP_SIZES
+TILE_N, TILE_K = ref.TILE_N, ref.TILE_K
+PAD_HINT = (
+    "Pad the layer: N with zero weight rows (and slice the output), K with zero activation "
+    "columns and weight nibbles of value 8 (see csrc/w4a16/README.md, 'Shapes')."
+)
+
+
+def _num_groups(size_k: int, group_size: int) -> int:
+    return 1 if group_size == -1 else size_k // group_size
+
+
+def _check_sizes(name: str, size_n: int, size_k: int, group_size: int) -> None:
+    C.check_multiple(name, "N (output features)", size_n, TILE_N, PAD_HINT)
+    C.check_multiple(name, "K (input features)", size_k, TILE_K, PAD_HINT)
+    if group_size not in GROUP_SIZES:
+        C.fail(name, f"group_size = {group_size}; supported: {', '.join(map(str, GROUP_SIZES))} (-1 = per channel).")
+    if group_size != -1:
+        C.check_multiple(name, "K (input features)", size_k, group_size, "group_size must divide K.")
+
+
+def _check_group_tensor(name: str, argname: str, t: torch.Tensor, shape, dtype: torch.dtype) -> None:
+    C.check_dtype(name, argname, t, (dtype,), hint=f"{argname} must have the activations' dtype.")
+    if tuple(t.shape) != tuple(shape):
+        C.fail(name, f"{argname} has shape {tuple(t.shape)}; expected [G, N] = {list(shape)} (see prepare_weight).")
+    C.check_contiguous(name, argname, t)
+
+
+def _check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
+    C.check_dtype(name, "perm", perm, (torch.int32,))
+    if tuple(perm.shape) != (size_k,):
+        C.fail(name, f"perm has shape {tuple(perm.shape)}; expected [K] = [{size_k}].")
+
+
+# ----------------------------------------------------------------- w4a16_repack
+def _checks_repack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) -> None:
+    name = "w4a16_repack"
+    C.check_dtype(name, "weight_packed", weight_packed, (torch.int32,),
+                  hint="It is the int32 `weight_packed` tensor of a pack-quantized checkpoint.")
+    C.check_dim(name, "weight_packed", weight_packed, 2)
+    C.check_contiguous(name, "weight_packed", weight_packed)
+    size_n, size_k = weight_packed.shape[0], weight_packed.shape[1] * ref.PACK_FACTOR
+    C.check_multiple(name, "N (output features)", size_n, TILE_N, PAD_HINT)
+    C.check_multiple(name, "K (input features)", size_k, TILE_K, PAD_HINT)
+    if perm is not None:
+        _check_perm(name, perm, size_k)
+        C.check_same_device(name, weight_packed=weight_packed, perm=perm)
+
+
+@register_fake("w4a16_repack")
+def _(weight_packed, perm=None):
+    _checks_repack(weight_packed, perm)
+    return weight_packed.new_empty((weight_packed.shape[1] * ref.PACK_FACTOR // 16, 2 * weight_packed.shape[0]))
+
+
+@register_reference("w4a16_repack")
+def _(weight_packed, perm=None):
+    _checks_repack(weight_packed, perm)
+    return ref.repack(weight_packed, perm)
+
+
+# ----------------------------------------------------------------- w4a16_gemm
+def _checks_gemm(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size) -> None:
+    name = "w4a16_gemm"
+    C.check_dtype(name, "a", a, ACT_DTYPES)
+    C.check_min_dim(name, "a", a, 1)
+    C.check_contiguous(name, "a", a)
+    _check_sizes(name, size_n, size_k, group_size)
+    if a.shape[-1] != size_k:
+        C.fail(name, f"a has shape {tuple(a.shape)}; its last dim must be K = {size_k}.")
+    C.check_dtype(name, "b_q", b_q, (torch.int32,), hint="b_q comes from w4a16_repack / prepare_weight.")
+    if tuple(b_q.shape) != (size_k // 16, 2 * size_n):
+        C.fail(name, f"b_q has shape {tuple(b_q.shape)}; expected [K/16, 2N] = [{size_k // 16}, {2 * size_n}] "
+                     "(the output of w4a16_repack).")
+    C.check_contiguous(name, "b_q", b_q)
+    groups = (_num_groups(size_k, group_size), size_n)
+    _check_group_tensor(name, "scales", scales, groups, a.dtype)
+    if zeros is not None:
+        _check_group_tensor(name, "zeros", zeros, groups, a.dtype)
+    if perm is not None:
+        _check_perm(name, perm, size_k)
+    if bias is not None:
+        C.check_dtype(name, "bias", bias, (a.dtype,), hint="bias must have the activations' dtype.")
+        if tuple(bias.shape) != (size_n,):
+            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [N] = [{size_n}].")
+    C.check_same_device(name, a=a, b_q=b_q, scales=scales, zeros=zeros, perm=perm, bias=bias)
+
+
+@register_fake("w4a16_gemm")
+def _(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size):
+    _checks_gemm(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size)
+    return a.new_empty((*a.shape[:-1], size_n))
+
+
+@register_reference("w4a16_gemm")
+def _(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size):
+    _checks_gemm(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size)
+    return ref.gemm(a, b_q, scales, zeros, perm, bias, group_size)
+
+
+# ----------------------------------------------------------------- Python API
+@dataclass
+class W4A16Weight:
+    """A 4-bit weight in the kernel's layout (see ``qkernels.reference.w4a16``).
+
+    ``qweight`` int32 [K/16, 2N]; ``scales`` / ``zeros`` [G, N] in ``act_dtype`` (``zeros`` None
+    when symmetric); ``perm`` int32 [K] or None (act-order: the GEMM gathers ``x[..., perm]``).
+    """
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: Optional[torch.Tensor]
+    perm: Optional[torch.Tensor]
+    size_n: int
+    size_k: int
+    group_size: int
+    has_zp: bool
+    act_dtype: torch.dtype
+
+
+def prepare_weight(
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: Optional[torch.Tensor] = None,
+    g_idx: Optional[torch.Tensor] = None,
+    group_size: int = -1,
+    act_dtype: torch.dtype = torch.bfloat16,
+    symmetric: Optional[bool] = None,
+) -> W4A16Weight:
+    """Convert compressed-tensors ``pack-quantized`` (4-bit) tensors to the kernel's layout. Load time only.
+
+    * ``weight_packed`` int32 ``[N, K/8]`` (eight nibbles along K per word, ``u = q + 8``);
+    * ``weight_scale`` ``[N, G]`` (any float dtype; ``G = K / group_size``, 1 per channel);
+    * ``weight_zero_point`` int32 ``[ceil(N/8), G]`` packed along N (asymmetric only);
+    * ``g_idx`` int32 ``[K]`` (act-order; a trivial ``k // group_size`` is dropped);
+    * ``group_size`` -1 (per channel), 32, 64 or 128; ``act_dtype`` float16 or bfloat16;
+    * ``symmetric`` (optional, from the checkpoint's config): checked against ``weight_zero_point``.
+
+    The repack runs on the tensors' device (the CUDA kernel for CUDA tensors).
+    """
+    name = "prepare_weight"
+    C.check_dtype(name, "weight_packed", weight_packed, (torch.int32,))
+    C.check_dim(name, "weight_packed", weight_packed, 2)
+    size_n, size_k = weight_packed.shape[0], weight_packed.shape[1] * ref.PACK_FACTOR
+    _check_sizes(name, size_n, size_k, group_size)
+    if act_dtype not in ACT_DTYPES:
+        C.fail(name, f"act_dtype = {act_dtype}; supported: {C._fmt_dtypes(ACT_DTYPES)}.")
+    groups = _num_groups(size_k, group_size)
+    C.check_dim(name, "weight_scale", weight_scale, 2)
+    if tuple(weight_scale.shape) != (size_n, groups) or not weight_scale.is_floating_point():
+        C.fail(name, f"weight_scale is {weight_scale.dtype} {tuple(weight_scale.shape)}; expected a float tensor "
+                     f"[N, G] = [{size_n}, {groups}] for K = {size_k}, group_size = {group_size}.")
+    if symmetric is False and weight_zero_point is None:
+        C.fail(name, "the weight is asymmetric but weight_zero_point is None: pass the checkpoint's "
+                     "weight_zero_point (int32 [ceil(N/8), G]).")
+    if symmetric is True and weight_zero_point is not None:
+        C.fail(name, "the weight is symmetric but a weight_zero_point was given: drop it, or pass symmetric=False.")
+    zeros = None
+    if weight_zero_point is not None:
+        C.check_dtype(name, "weight_zero_point", weight_zero_point, (torch.int32,))
+        zp_shape = ((size_n + ref.PACK_FACTOR - 1) // ref.PACK_FACTOR, groups)
+        if tuple(weight_zero_point.shape) != zp_shape:
+            C.fail(name, f"weight_zero_point has shape {tuple(weight_zero_point.shape)}; expected "
+                         f"[ceil(N/8), G] = {list(zp_shape)} (packed along N).")
+        zeros = ref.kernel_zeros(weight_zero_point, size_n, act_dtype)
+    perm = None
+    if g_idx is not None:
+        C.check_dtype(name, "g_idx", g_idx, (torch.int32, torch.int64))
+        if tuple(g_idx.shape) != (size_k,):
+            C.fail(name, f"g_idx has shape {tuple(g_idx.shape)}; expected [K] = [{size_k}].")
+        try:
+            perm = ref.act_order_perm(g_idx, group_size)
+        except ValueError as e:
+            C.fail(name, str(e))
+    qweight = op("w4a16_repack")(weight_packed.contiguous(), perm)
+    return W4A16Weight(
+        qweight=qweight,
+        scales=ref.kernel_scales(weight_scale, act_dtype),
+        zeros=zeros,
+        perm=perm,
+        size_n=size_n,
+        size_k=size_k,
+        group_size=group_size,
+        has_zp=zeros is not None,
+        act_dtype=act_dtype,
+    )
+
+
+def gemm(x: torch.Tensor, w: W4A16Weight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x [..., K] @ dequant(w)^T (+ bias) -> [..., N]`` in ``x.dtype`` (fp16/bf16, = ``w.act_dtype``)."""
+    if x.dtype != w.act_dtype:
+        C.fail("w4a16.gemm", f"x has dtype {x.dtype} but the weight was prepared for {w.act_dtype}: "
+                             "call prepare_weight with act_dtype=x.dtype.")
+    if w.has_zp != (w.zeros is not None):
+        C.fail("w4a16.gemm", f"has_zp = {w.has_zp} but zeros is {'set' if w.zeros is not None else 'None'}.")
+    return op("w4a16_gemm")(x.contiguous(), w.qweight, w.scales, w.zeros, w.perm, bias,
+                            w.size_n, w.size_k, w.group_size)
+
+
+OPS = ("w4a16_repack", "w4a16_gemm")
