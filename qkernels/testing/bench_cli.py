@@ -1,0 +1,298 @@
+"""``qkernels bench`` and ``qkernels advise``: argument handling and the run itself.
+
+``main_bench(argv)`` / ``main_advise(argv)`` take the arguments after the
+subcommand and return an exit code; ``quick_main()`` is the README's main job on a
+GPU. The benchmark entries live in ``bench/`` of the source tree (``bench/README.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from . import model_estimate as me
+from .provenance import REPO_ROOT, collect, gpu_slug
+from .shapes import DEFAULT_MS, PRESETS, QUICK_MS, ModelSpec, resolve_model, unique_shapes
+
+NO_GPU_MESSAGE = (
+    "qkernels bench: no CUDA GPU is visible (torch.cuda.is_available() is False), so there is "
+    "nothing to time.\n"
+    "  * On a machine with an NVIDIA GPU: `qkernels bench --quick` (under a minute) or `qkernels bench`.\n"
+    "  * Here you can still read committed results: `qkernels advise --gpu h100-sxm --model llama-3.1-8b`\n"
+    "    and regenerate a summary: `qkernels bench --summarize bench/results/<gpu>`."
+)
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+QUICK_MODEL = "llama-3.1-8b"
+ESTIMATE_BATCHES = (1, 16, 64)
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        vals = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sorted(set(vals))
+
+
+def _entries_module():
+    """The ``bench`` package of the source tree (entries are not installed with the wheel)."""
+    if str(REPO_ROOT) not in sys.path and (REPO_ROOT / "bench" / "__init__.py").exists():
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        import bench
+    except ImportError:
+        raise RuntimeError(f"benchmark entries not found (expected {REPO_ROOT / 'bench'}): "
+                           "`qkernels bench` runs from a source checkout (pip install -e .).") from None
+    return bench
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    FAMILIES = _entries_module().FAMILIES
+
+    p = argparse.ArgumentParser(
+        prog="qkernels bench",
+        description="Time the qkernels families against BF16 cuBLAS and peers on Linear shapes of real models. "
+                    "Writes <family>-<date>-<commit>.{json,csv,md} (format qkernels.bench/1) and PNG plots.")
+    p.add_argument("--family", "-f", action="append", choices=FAMILIES,
+                   help="family to run (repeatable; default: every family built for this GPU)")
+    p.add_argument("--model", "-m", action="append", default=None,
+                   help=f"model preset ({', '.join(PRESETS)}) or a HF config.json path (repeatable; "
+                        f"default: all presets, --quick: {QUICK_MODEL})")
+    p.add_argument("--no-synthetic", dest="synthetic", action="store_false",
+                   help="leave out the synthetic 8192x8192 (N x K) shape")
+    p.add_argument("--m", dest="ms", type=_int_list, default=None,
+                   help=f"M values, e.g. 1,16,128 (default {','.join(map(str, DEFAULT_MS))}; --quick "
+                        f"{','.join(map(str, QUICK_MS))})")
+    p.add_argument("--variant", action="append", default=None,
+                   help="only these variants (repeatable, exact names; `--list` shows them)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"under a minute on an H100: {QUICK_MODEL} + synthetic, fewer M, variants and repeats")
+    p.add_argument("--no-peers", dest="peers", action="store_false", help="skip the peers (BF16 is always run)")
+    p.add_argument("--reps", type=int, default=None, help="timed repeats per measurement (default 50, quick 15)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 10, quick 3)")
+    p.add_argument("--eager", action="store_true", help="time eager calls instead of CUDA-graph replays")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="where files go (default: bench/results/<gpu-slug>/ of the source tree)")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="do not write PNG plots")
+    p.add_argument("--batch", type=_int_list, default=None,
+                   help=f"batch sizes of the model-level estimate (default {','.join(map(str, ESTIMATE_BATCHES))})")
+    p.add_argument("--seq-len", type=int, default=2048, help="prompt length of the prefill estimate (default 2048)")
+    p.add_argument("--list", action="store_true", help="list families (and whether they run here), variants, presets")
+    p.add_argument("--summarize", type=Path, metavar="DIR",
+                   help="only (re)write DIR/README.md (tables + plots) from the results files in DIR")
+    return p
+
+
+def _list(bench, out=sys.stdout) -> int:
+    print("families:", file=out)
+    for fam in bench.FAMILIES:
+        entry = bench.load(fam)
+        why = entry.available()
+        print(f"  {fam:<10} {'runs here' if not why else 'not here: ' + why}", file=out)
+        print(f"  {'':<10} variants: {', '.join(entry.variants(False))}", file=out)
+    print("model presets:", file=out)
+    for m in PRESETS.values():
+        print(f"  {m.name:<14} " + ", ".join(f"{s.layer} {s.N}x{s.K}" for s in m.linears()), file=out)
+    return 0
+
+
+def _stem(family: str, prov: dict, quick: bool) -> str:
+    date = prov["date"][:10].replace("-", "")
+    short = (prov["git_commit"] or "nocommit")[:8] + ("-dirty" if prov["git_dirty"] else "")
+    return f"{family}-{date}-{short}" + ("-quick" if quick else "")
+
+
+def main_bench(argv: Sequence[str]) -> int:
+    try:
+        bench = _entries_module()
+    except RuntimeError as e:
+        print(f"qkernels bench: {e}", file=sys.stderr)
+        return 2
+    args = bench_parser().parse_args(list(argv))
+    if args.list:
+        return _list(bench)
+    if args.summarize is not None:
+        from .summary import summarize
+
+        try:
+            print(f"wrote {summarize(args.summarize, plots=args.plots)}")
+        except (ValueError, RuntimeError) as e:
+            print(f"qkernels bench --summarize: {e}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        models = [resolve_model(m) for m in (args.model or ([QUICK_MODEL] if args.quick else list(PRESETS)))]
+    except ValueError as e:
+        print(f"qkernels bench: {e}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print(NO_GPU_MESSAGE, file=sys.stderr)
+        return 1
+    return _run(bench, args, models, command="qkernels bench " + " ".join(shlex.quote(a) for a in argv))
+
+
+def _entries(bench, args) -> list:
+    entries = []
+    for fam in args.family or bench.FAMILIES:
+        entry = bench.load(fam)
+        why = entry.available()
+        if why:
+            print(f"[{fam}] not available here: {why}", file=sys.stderr)
+            continue
+        if args.variant:
+            base = entry
+            chosen = [v for v in base.variants(False) if v in args.variant]
+            if not chosen:
+                print(f"[{fam}] none of the variants {args.variant} exist (it has: {', '.join(base.variants(False))})",
+                      file=sys.stderr)
+                continue
+            entry = _Filtered(base, chosen)
+        entries.append(entry)
+    return entries
+
+
+class _Filtered:
+    """An entry restricted to some variants."""
+
+    def __init__(self, entry, variants: List[str]):
+        self._entry, self._variants = entry, variants
+
+    def variants(self, quick: bool) -> List[str]:
+        return self._variants
+
+    def __getattr__(self, name):
+        return getattr(self._entry, name)
+
+
+def _run(bench, args, models: List[ModelSpec], command: str) -> int:
+    from .peaks import measure_peaks
+    from .results import ResultsWriter, markdown_table
+    from .suite import BenchContext, run_suite
+    from .timing import Timer, TimingConfig
+
+    entries = _entries(bench, args)
+    if not entries:
+        print("qkernels bench: no family can run on this machine (`qkernels info` shows what was built).",
+              file=sys.stderr)
+        return 1
+    cfg = TimingConfig.quick() if args.quick else TimingConfig()
+    cfg = TimingConfig(warmup=args.warmup or cfg.warmup, reps=args.reps or cfg.reps, use_graph=not args.eager)
+    timer = Timer(cfg)
+    print("measuring device peaks (bf16 matmul 8192^3, 1 GiB copy)...", file=sys.stderr)
+    peaks = measure_peaks(timer)
+    prov = collect(command=command, measured_peaks=peaks, extra={"timing": cfg.describe()})
+    out_dir = args.out_dir or RESULTS_DIR / gpu_slug(prov["gpu"])
+    shapes = unique_shapes(models, args.synthetic)
+    ms = args.ms or list(QUICK_MS if args.quick else DEFAULT_MS)
+    ctx = BenchContext(timer=timer, quick=args.quick, peers=args.peers)
+    print(f"{prov['gpu']} (sm {prov['sm']}): {peaks['bf16_tflops']} TFLOPS bf16, {peaks['copy_gbps']} GB/s copy; "
+          f"families {', '.join(e.NAME for e in entries)}; {len(shapes)} shapes; M {ms}", file=sys.stderr)
+    all_rows: List[dict] = []
+    written: List[Path] = []
+    writer = None
+    try:
+        for entry in entries:
+            writer = ResultsWriter(out_dir, _stem(entry.NAME, prov, args.quick), dict(prov, skipped=[]))
+            with writer:
+                run_suite(ctx, [entry], shapes, ms, writer)
+            all_rows += writer.rows
+            written.append(writer.json_path)
+            if args.plots:
+                written += _plots(writer, out_dir)
+            if args.quick:
+                print(markdown_table(writer.rows, peaks))
+    except KeyboardInterrupt:
+        kept = f"{writer.json_path} (and .csv/.md)" if writer else "nothing yet"
+        print(f"\ninterrupted: the rows measured so far are in {kept}", file=sys.stderr)
+        return 130
+    for model in models:
+        md = "\n".join(me.markdown(model, me.estimate(model, all_rows, b, args.seq_len), b, args.seq_len)
+                       for b in (args.batch or ESTIMATE_BATCHES))
+        path = out_dir / f"{_stem('estimate-' + model.name, prov, args.quick)}.md"
+        path.write_text(md)
+        written.append(path)
+        print(md)
+    print("wrote:\n  " + "\n  ".join(map(str, written)))
+    return 0
+
+
+def _plots(writer, out_dir: Path) -> List[Path]:
+    from .plots import family_plots
+
+    try:
+        return family_plots(writer.rows, writer.provenance["measured_peaks"], out_dir / "plots", writer.stem)
+    except RuntimeError as e:  # matplotlib missing
+        print(f"plots skipped: {e}", file=sys.stderr)
+        return []
+
+
+def quick_main() -> int:
+    """The README's main job: ``qkernels bench --quick`` of every built family on a GPU;
+    without one, the no-GPU message and 0 (the caller then runs the CPU demo)."""
+    if not torch.cuda.is_available():
+        print(NO_GPU_MESSAGE, file=sys.stderr)
+        return 0
+    return main_bench(["--quick"])
+
+
+# ---------------------------------------------------------------- advise
+def advise_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qkernels advise",
+        description="Which quantisation scheme is fastest for a model at which batch size on a GPU, from "
+                    "measured benchmark rows (an estimate of the GEMM share of each step), with quality caveats.")
+    p.add_argument("--model", "-m", required=True,
+                   help=f"model preset ({', '.join(PRESETS)}) or a HF config.json path")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--gpu", help="GPU slug with committed results in bench/results/<gpu>/ (default: this GPU's)")
+    src.add_argument("--results", type=Path, action="append",
+                     help="results files or folders to use instead (repeatable)")
+    p.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default 1,4,16,64,256)")
+    p.add_argument("--seq-len", type=int, default=2048, help="prompt length of the prefill step (default 2048)")
+    return p
+
+
+def main_advise(argv: Sequence[str]) -> int:
+    from .advise import DEFAULT_BATCHES, advise, load_rows
+
+    args = advise_parser().parse_args(list(argv))
+    try:
+        model = resolve_model(args.model)
+    except ValueError as e:
+        print(f"qkernels advise: {e}", file=sys.stderr)
+        return 2
+    if args.results:
+        paths, where = args.results, ", ".join(map(str, args.results))
+    else:
+        slug = args.gpu or (gpu_slug(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
+        if slug is None:
+            have = sorted(p.name for p in RESULTS_DIR.glob("*") if p.is_dir()) if RESULTS_DIR.exists() else []
+            print("qkernels advise: no CUDA GPU visible; name one with --gpu (committed results: "
+                  f"{', '.join(have) or 'none'}) or give --results.", file=sys.stderr)
+            return 2
+        paths, where = [RESULTS_DIR / slug], str(RESULTS_DIR / slug)
+    try:
+        rows, provs = load_rows(paths)
+    except (OSError, ValueError) as e:
+        print(f"qkernels advise: cannot read results ({e})", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"qkernels advise: no benchmark rows in {where}. Measure them on that GPU with "
+              f"`qkernels bench --model {args.model}`, then rerun.", file=sys.stderr)
+        return 1
+    sms = {p["sm"] for p in provs if p.get("sm")}
+    sm = tuple(int(x) for x in sorted(sms)[0].split(".")) if len(sms) == 1 else None
+    gpu = ", ".join(sorted({p["gpu"] for p in provs if p.get("gpu")})) or "unknown GPU"
+    if any(not p.get("git_commit") or p.get("git_dirty") is not False for p in provs):
+        print("note: some results come from a dirty or unknown tree (not evidence): "
+              + ", ".join(p["file"] for p in provs if p.get("git_dirty") is not False), file=sys.stderr)
+    print(advise(model, rows, sm, gpu, args.batch or DEFAULT_BATCHES, args.seq_len))
+    print(f"(from {len(rows)} rows in {where}, dated {min(p['date'] for p in provs)[:10]}"
+          f"..{max(p['date'] for p in provs)[:10]})")
+    return 0
