@@ -6,7 +6,7 @@
 # Prerequisites, prepared on the CPU machine (see README "Validating on a GPU"):
 #   .whl/ holds nvidia-cutlass==4.2.0.0 (and any other wheel missing there), carried with
 #   the call; QKERNELS_GIT_COMMIT names the commit being validated (the copy has no .git).
-# Switches: ARCHS (default "80;89;90a" + PTX, so the sm80/sm89 paths can be forced with
+# Switches: ARCHS (default "75;80;89;90a" + PTX, so the sm75/sm80/sm89 paths can be forced with
 # QKERNELS_FORCE_ARCH on the H100), FAMILIES (default all), SKIP_SANITIZER=1, SKIP_BENCH=1,
 # BENCH_ARGS (default "--quick").
 set -uo pipefail
@@ -19,7 +19,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 t0=$(date +%s)
-QKERNELS_CUDA_ARCHS=${ARCHS:-"80;89;90a"} QKERNELS_PTX=${PTX:-1} QKERNELS_FAMILIES=${FAMILIES:-all} \
+QKERNELS_CUDA_ARCHS=${ARCHS:-"75;80;89;90a"} QKERNELS_PTX=${PTX:-1} QKERNELS_FAMILIES=${FAMILIES:-all} \
   QKERNELS_BUILD_DIR=$PWD/build/gpu MAX_JOBS=${MAX_JOBS:-16} \
   python3 -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1
 rc=$?; echo "build rc=$rc in $(( $(date +%s) - t0 )) s"

@@ -30,4 +30,43 @@ SCHEMAS: dict[str, str] = {
     "dynamic_scaled_int8_quant": "(Tensor input) -> (Tensor, Tensor)",
     # INT8 asymmetric, one scale and one int32 zero point per token. Returns (q, scale[M,1], azp[M,1]).
     "dynamic_scaled_int8_quant_azp": "(Tensor input) -> (Tensor, Tensor, Tensor)",
+    # ---------------------------------------------------------------- scaled_mm
+    # W8A8 GEMM: out[M, N] = a_scales * (b_scales * (a @ b)) + bias. a int8/fp8 [M, K] row-major,
+    # b the same dtype [K, N] column-major (weight.t()); scales float32, 1 or M values (a), 1 or
+    # N values (b); bias [N] of out_dtype (bfloat16/float16). K, N multiples of 16.
+    "scaled_mm": "(Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, ScalarType out_dtype, "
+    "Tensor? bias=None) -> Tensor",
+    "scaled_mm_out": "(Tensor(a!) out, Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, "
+    "Tensor? bias=None) -> ()",
+    # INT8 with asymmetric activations: acc' = a @ b - azp_adj (per-tensor zero point folded into
+    # azp_adj = azp * colsum(b)) or a @ b - azp[m] * azp_adj[n] (per token, azp_adj = colsum(b)).
+    "scaled_mm_azp": "(Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, ScalarType out_dtype, "
+    "Tensor azp_adj, Tensor? azp=None, Tensor? bias=None) -> Tensor",
+    "scaled_mm_azp_out": "(Tensor(a!) out, Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, "
+    "Tensor azp_adj, Tensor? azp=None, Tensor? bias=None) -> ()",
+    # True if this install runs scaled_mm with `dtype` operands on a GPU of that capability (e.g. 90).
+    "scaled_mm_supports": "(int device_capability, ScalarType dtype) -> bool",
+    # ---------------------------------------------------------------- sparse24
+    # 2:4 sparse weight [N, K] (fp8 e4m3, K % 128 == 0) -> (values [N, K/2], meta uint8
+    # [K/128, ceil(N/64), 64, 16] in CUTLASS sm90 layout). Rejects non-2:4 input; never prunes.
+    "sparse24_compress": "(Tensor w) -> (Tensor, Tensor)",
+    # out[M, N] = a_scales * (b_scales * (a @ W^T)) + bias with W the compressed 2:4 weight,
+    # computed as out^T = W_sparse . a^T (sm90a). Scales per tensor/token x per tensor/channel.
+    "sparse24_scaled_mm": "(Tensor a, Tensor values, Tensor meta, Tensor a_scales, Tensor b_scales, "
+    "ScalarType out_dtype, Tensor? bias=None) -> Tensor",
+    # True if this install can run sparse24_scaled_mm on a GPU of that capability (e.g. 90).
+    "sparse24_supported": "(int device_capability) -> bool",
+    # ---------------------------------------------------------------- w4a16
+    # Repack a compressed-tensors `pack-quantized` 4-bit weight (int32 [N, K/8], packed along K)
+    # into the Marlin-style tiled layout int32 [K/16, 2N]; `perm` (int32 [K], act-order) first
+    # reorders the K columns: kernel row k = checkpoint column perm[k].
+    "w4a16_repack": "(Tensor weight_packed, Tensor? perm=None) -> Tensor",
+    # out[..., N] = a[..., perm] @ dequant(b_q) (+ bias), fp32 accumulation, output in a's dtype.
+    # a fp16/bf16 [..., K]; b_q from w4a16_repack; scales / zeros (zero-point nibbles, None for
+    # symmetric uint4b8) [G, N] in a's dtype; group_size -1 (per channel), 32, 64 or 128. The
+    # stream-K reduction workspace comes from torch's caching allocator (CUDA-graph safe).
+    "w4a16_gemm": (
+        "(Tensor a, Tensor b_q, Tensor scales, Tensor? zeros, Tensor? perm, Tensor? bias, "
+        "int size_n, int size_k, int group_size) -> Tensor"
+    ),
 }
