@@ -70,8 +70,9 @@ Table select_table(const char* op, int arch, bool fp8, bool azp) {
   }
   if (fp8) {
     TORCH_CHECK(arch >= 89, "qkernels.", op, ": the FP8 GEMM needs FP8 tensor cores (sm_89 Ada or sm_90 Hopper); "
-                "this GPU is sm_", arch, ", where the INT8 GEMM runs", arch >= 75 ? "" : " neither (it needs sm_75+)",
-                ": use an INT8 W8A8 or a W4A16 checkpoint instead.");
+                "this GPU is sm_", arch,
+                arch >= 75 ? ", where the INT8 GEMM runs: use an INT8 W8A8 or a W4A16 checkpoint instead."
+                           : ", which has no INT8 tensor cores either (sm_75+): the CPU reference runs on CPU tensors.");
 #if defined(QK_SCALED_MM_SM89)
     return table(kSm89Fp8);
 #else
@@ -141,7 +142,7 @@ struct Problem {
 
 Problem check_operands(const char* op, const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                        const at::Tensor& a_scales, const at::Tensor& b_scales, const std::optional<at::Tensor>& bias) {
-  QK_CHECK_CUDA_TENSOR("scaled_mm", a);
+  TORCH_CHECK(a.is_cuda(), "qkernels.", op, ": a must be a CUDA tensor; got device ", a.device(), ".");
   const auto dt = a.scalar_type();
   TORCH_CHECK(dt == at::kChar || dt == at::kFloat8_e4m3fn, "qkernels.", op, ": a has dtype ", dt,
               "; supported: int8, float8_e4m3fn.");
@@ -152,14 +153,14 @@ Problem check_operands(const char* op, const at::Tensor& out, const at::Tensor& 
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   TORCH_CHECK(b.size(0) == k, "qkernels.", op, ": a ", a.sizes(), " and b ", b.sizes(),
               " do not chain: b must be [K, N] = weight.t().");
-  TORCH_CHECK(k % kAlignK == 0 && n % kAlignN == 0, "qkernels.", op, ": K = ", k, " and N = ", n,
-              " must be multiples of ", kAlignK, " and ", kAlignN, ": pad the weight with zeros.");
-  TORCH_CHECK(k == 0 || (a.stride(1) == 1 && (m <= 1 || a.stride(0) % kAlignK == 0)), "qkernels.", op,
-              ": a (strides ", a.strides(), ") must be row-major with a row stride that is a multiple of ", kAlignK,
-              ": call .contiguous().");
-  TORCH_CHECK(k == 0 || (b.stride(0) == 1 && (n <= 1 || b.stride(1) % kAlignK == 0)), "qkernels.", op,
+  TORCH_CHECK(k > 0 && k % kAlignK == 0 && n % kAlignN == 0, "qkernels.", op, ": K = ", k, " and N = ", n,
+              " must be multiples of ", kAlignK, " and ", kAlignN, " (K > 0): pad the weight with zeros.");
+  TORCH_CHECK(a.stride(1) == 1 && (m <= 1 || (a.stride(0) % kAlignK == 0 && a.stride(0) >= k)), "qkernels.", op,
+              ": a (strides ", a.strides(), ") must be row-major with a row stride >= K that is a multiple of ",
+              kAlignK, ": call .contiguous().");
+  TORCH_CHECK(b.stride(0) == 1 && (n <= 1 || (b.stride(1) % kAlignK == 0 && b.stride(1) >= k)), "qkernels.", op,
               ": b (strides ", b.strides(), ") must be column-major (w.t() of a contiguous [N, K] w) with a column "
-              "stride that is a multiple of ", kAlignK, ".");
+              "stride >= K that is a multiple of ", kAlignK, ".");
   const auto out_dt = out.scalar_type();
   TORCH_CHECK(out_dt == at::kBFloat16 || out_dt == at::kHalf, "qkernels.", op, ": the output dtype ", out_dt,
               " is not supported; supported: bfloat16, float16.");
@@ -173,7 +174,7 @@ Problem check_operands(const char* op, const at::Tensor& out, const at::Tensor& 
     check_vector(op, "bias", *bias, out_dt, {n}, a);
     check_aligned16(op, "bias", *bias);
   }
-  if (m > 0 && n > 0 && k > 0) {
+  if (m > 0 && n > 0) {
     check_aligned16(op, "a", a);
     check_aligned16(op, "b", b);
     check_aligned16(op, "out", out);
@@ -207,7 +208,7 @@ void run_gemm(const char* op, at::Tensor& out, const at::Tensor& a, const at::Te
   args.a = a.data_ptr();
   args.lda = p.m <= 1 ? p.k : a.stride(0);
   args.b = b.data_ptr();
-  args.ldb = p.n <= 1 ? p.k : b.stride(1);
+  args.ldb = b.stride(1);
   args.out = out.data_ptr();
   args.out_dtype = to_qk(out.scalar_type());
   args.a_scales = a_scales.data_ptr<float>();

@@ -40,6 +40,7 @@ struct GemmArgs {
   void* out;                 // [m, n] row-major, out_dtype
   DType out_dtype;           // kBFloat16 or kFloat16
   int64_t m, n, k;
+  int sm_count;              // SMs of the device (persistent kernels; 0: CUTLASS queries it)
 };
 
 // M buckets (tokens): each has its own tile config, see kernels/sparse24_configs.cuh.

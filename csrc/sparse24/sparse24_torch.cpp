@@ -3,6 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <cstdint>
 #include <tuple>
 
 #include "core/torch_utils.h"
@@ -28,10 +29,18 @@ void check_arch(const char* op, const at::Tensor& t) {
 }
 
 void check_weight_shape(const char* op, int64_t n, int64_t k) {
+  TORCH_CHECK(n > 0 && k > 0, "qkernels.", op, ": the weight is empty (N = ", n, ", K = ", k, ").");
   TORCH_CHECK(k % kMetaK == 0, "qkernels.", op, ": K = ", k, " must be a multiple of ", kMetaK,
               " (one sm90 sparse metadata block); ", kDenseInstead, ".");
   TORCH_CHECK(n % kOutAlignN == 0, "qkernels.", op, ": N = ", n, " must be a multiple of ", kOutAlignN,
               " (16-byte aligned output rows); ", kDenseInstead, ".");
+}
+
+int sm_count(int device) {
+  static int counts[64] = {};  // per device, queried once (0: CUTLASS queries it)
+  if (device < 0 || device >= 64) return 0;
+  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
+  return counts[device];
 }
 
 void check_same_device(const char* op, const at::Tensor& a, const at::Tensor& t, const char* name) {
@@ -138,6 +147,8 @@ at::Tensor sparse24_scaled_mm(const at::Tensor& a, const at::Tensor& values, con
   args.m = m;
   args.n = n;
   args.k = k;
+  TORCH_CHECK(m <= INT32_MAX, "qkernels.", op, ": M = ", m, " rows is too many (max 2^31 - 1).");
+  args.sm_count = sm_count(a.get_device());
 
   // ---- M bucket -> config. The workspace comes from torch's caching allocator
   // (CUDA-graph safe); no host synchronisation on this path.

@@ -71,6 +71,21 @@ def check_scale(op: str, name: str, s: torch.Tensor, allowed_numel: Sequence[int
         fail(op, f"{name} has shape {tuple(s.shape)} ({s.numel()} elements); expected {what}.")
 
 
+def check_out_dtype(op: str, out_dtype: torch.dtype, allowed: Sequence[torch.dtype]) -> None:
+    if out_dtype not in allowed:
+        fail(op, f"out_dtype {out_dtype} is not supported; supported: {_fmt_dtypes(allowed)}.")
+
+
+def check_bias(op: str, bias: Optional[torch.Tensor], n: int, dtype: torch.dtype) -> None:
+    """An optional bias: contiguous ``[n]`` in the output dtype."""
+    if bias is None:
+        return
+    check_dtype(op, "bias", bias, (dtype,), hint="The bias has the output dtype.")
+    if bias.numel() != n:
+        fail(op, f"bias has shape {tuple(bias.shape)}; expected [{n}].")
+    check_contiguous(op, "bias", bias)
+
+
 def rows(t: torch.Tensor) -> int:
     """Number of rows (tokens) of an input with any leading dims: prod(shape[:-1])."""
     n = 1

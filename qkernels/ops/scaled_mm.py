@@ -18,7 +18,7 @@ tensor or per output channel (N values) for ``b``; optional ``bias [N]`` in the 
 dtype (bfloat16 or float16). Scales, bias and the azp correction are applied in the GEMM
 epilogue (no extra pass), accumulation is int32 (INT8) or float32 (FP8).
 
-Requirements: ``K % 16 == 0``, ``N % 16 == 0`` (16-byte aligned rows for the
+Requirements: ``K > 0``, ``K % 16 == 0``, ``N % 16 == 0`` (16-byte aligned rows for the
 vectorised / TMA loads and stores); any ``M >= 0``. ``a``'s row stride and ``b``'s
 column stride must be multiples of 16 elements (a sliced view usually is).
 
@@ -61,26 +61,23 @@ def _check_operands(name: str, a, b, a_scales, b_scales, out_dtype, bias):
         C.fail(name, f"a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: b must be [K, N] = weight.t() "
                      f"with K = {k}.")
     n = b.size(1)
+    if k == 0:
+        C.fail(name, "K = 0: the GEMM needs at least one input feature.")
     C.check_multiple(name, "K", k, K_MULTIPLE, _PAD_HINT)
     C.check_multiple(name, "N", n, N_MULTIPLE, _PAD_HINT)
-    if k > 1 and m > 0 and (a.stride(1) != 1 or (m > 1 and a.stride(0) % 16 != 0)):
-        C.fail(name, f"a (shape {tuple(a.shape)}, strides {a.stride()}) must be row-major with a row stride that "
-                     "is a multiple of 16 elements: call a.contiguous().")
-    if k > 1 and n > 0 and (b.stride(0) != 1 or (n > 1 and b.stride(1) % 16 != 0)):
+    if a.stride(1) != 1 or (m > 1 and (a.stride(0) % 16 != 0 or a.stride(0) < k)):
+        C.fail(name, f"a (shape {tuple(a.shape)}, strides {a.stride()}) must be row-major with a row stride >= K "
+                     "that is a multiple of 16 elements: call a.contiguous().")
+    if b.stride(0) != 1 or (n > 1 and (b.stride(1) % 16 != 0 or b.stride(1) < k)):
         C.fail(name, f"b (shape {tuple(b.shape)}, strides {b.stride()}) must be column-major (the .t() view of a "
-                     "row-major [N, K] weight) with a column stride that is a multiple of 16: pass w.t() of a "
+                     "row-major [N, K] weight) with a column stride >= K that is a multiple of 16: pass w.t() of a "
                      "contiguous w.")
     C.check_scale(name, "a_scales", a_scales, (1, m), f"1 (per tensor) or M = {m} (per token) values")
     C.check_scale(name, "b_scales", b_scales, (1, n), f"1 (per tensor) or N = {n} (per channel) values")
     C.check_contiguous(name, "a_scales", a_scales)
     C.check_contiguous(name, "b_scales", b_scales)
-    if out_dtype not in OUT_DTYPES:
-        C.fail(name, f"out_dtype {out_dtype} is not supported; supported: bfloat16, float16.")
-    if bias is not None:
-        C.check_dtype(name, "bias", bias, (out_dtype,), hint="The bias has the output dtype.")
-        if bias.numel() != n:
-            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [{n}].")
-        C.check_contiguous(name, "bias", bias)
+    C.check_out_dtype(name, out_dtype, OUT_DTYPES)
+    C.check_bias(name, bias, n, out_dtype)
     C.check_same_device(name, a=a, b=b, a_scales=a_scales, b_scales=b_scales, bias=bias)
 
 

@@ -77,6 +77,8 @@ def check_24(w: torch.Tensor, name: str = "weight") -> None:
 def _check_weight(opname: str, w: torch.Tensor) -> None:
     C.check_dtype(opname, "w", w, (FP8_DTYPE,), hint="Quantise the weight to fp8 e4m3 first.")
     C.check_dim(opname, "w", w, 2)
+    if w.numel() == 0:
+        C.fail(opname, f"w {tuple(w.shape)} is empty: N and K must be positive.")
     C.check_contiguous(opname, "w", w)
     C.check_multiple(opname, "w.shape[1] (K)", w.size(1), K_MULTIPLE,
                      f"The sm90 sparse metadata comes in blocks of {K_MULTIPLE} along K. {_FALLBACK}")
@@ -157,13 +159,8 @@ def _checks_mm(a, values, meta, a_scales, b_scales, out_dtype, bias):
     C.check_scale(name, "b_scales", b_scales, (1, n), f"1 (per tensor) or N = {n} (per channel)")
     C.check_contiguous(name, "a_scales", a_scales)
     C.check_contiguous(name, "b_scales", b_scales)
-    if out_dtype not in OUT_DTYPES:
-        C.fail(name, f"out_dtype {out_dtype} is not supported; supported: bfloat16, float16.")
-    if bias is not None:
-        C.check_dtype(name, "bias", bias, (out_dtype,), hint="The bias has the output dtype.")
-        if bias.numel() != n:
-            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [{n}].")
-        C.check_contiguous(name, "bias", bias)
+    C.check_out_dtype(name, out_dtype, OUT_DTYPES)
+    C.check_bias(name, bias, n, out_dtype)
     C.check_same_device(name, a=a, values=values, meta=meta, a_scales=a_scales, b_scales=b_scales, bias=bias)
 
 

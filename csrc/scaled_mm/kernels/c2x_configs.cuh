@@ -4,8 +4,9 @@
 // Small M is memory-bound on the weight: short, wide-in-K tiles (M tile 16 or 32)
 // with deep cp.async pipelines and an intra-CTA split of K across warps; large M uses
 // 128x128 tiles. Starting points from the shapes CUTLASS's profiler and vLLM favour on
-// these archs; not yet measured here (no sm75/80/89 GPU is available to this project:
-// these paths are tested for correctness on an H100 through PTX, see README.md).
+// these archs; not yet measured here. No sm75/80/89 GPU is available to this project: the
+// plan is to test these paths for correctness on an H100 through PTX (README.md); speed on
+// those archs is not something this project can measure.
 #pragma once
 #include "cutlass/arch/arch.h"
 #include "cutlass/arch/mma.h"
@@ -61,9 +62,12 @@ struct Sm80Int8Large : Sm80Int8<GemmShape<128, 128, 64>, GemmShape<64, 64, 64>, 
 
 // ---- sm89 FP8 e4m3: mma m16n8k32 with float32 accumulation, cp.async multistage.
 // Shared memory per CTA stays under sm89's 99 KiB (the large tile: 5 x 16 KiB).
+// OpMultiplyAddFastAccum: plain float32 accumulation in the mma (OpMultiplyAdd would add a
+// second, "staged" accumulator set and an extra add per k tile), as vLLM does here and as
+// the sm90 FP8 kernels do.
 template <class Tile, class Warp, int Stages>
 using Sm89Fp8 = Config<cutlass::arch::Sm89, cutlass::float_e4m3_t, float, Tile, Warp, GemmShape<16, 8, 32>, Stages,
-                       cutlass::arch::OpMultiplyAdd>;
+                       cutlass::arch::OpMultiplyAddFastAccum>;
 struct Sm89Fp8M16 : Sm89Fp8<GemmShape<16, 64, 128>, GemmShape<16, 64, 64>, 5> {
   static constexpr const char* kDescription = "cutlass 2.x sm89 fp8, tile 16x64x128, warp 16x64x64, 5 stages";
 };

@@ -16,6 +16,7 @@
 
 #include "scaled_mm/kernels/c2x_configs.cuh"
 #include "scaled_mm/kernels/c2x_visitors.cuh"
+#include "core/cutlass_run.cuh"
 #include "scaled_mm/scaled_mm.h"
 
 namespace qk::scaled_mm::c2x {
@@ -91,18 +92,7 @@ struct ScaledGemm {
   }
 
   static cudaError_t run(const GemmArgs& p, void* workspace, cudaStream_t stream) {
-    Gemm gemm;
-    const auto args = arguments(p);
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
-    if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) {
-      const cudaError_t e = cudaGetLastError();
-      return e == cudaSuccess ? cudaErrorUnknown : e;
-    }
-    if (gemm.run(stream) != cutlass::Status::kSuccess) {
-      const cudaError_t e = cudaGetLastError();
-      return e == cudaSuccess ? cudaErrorUnknown : e;
-    }
-    return cudaGetLastError();
+    return run_cutlass<Gemm>(arguments(p), workspace, stream);
   }
 
   static size_t workspace_size(const GemmArgs& p) { return Gemm::get_workspace_size(arguments(p)); }

@@ -13,6 +13,7 @@
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
 #include "cutlass/util/packed_stride.hpp"
 
+#include "core/cutlass_run.cuh"
 #include "sparse24/kernels/sparse24_configs.cuh"
 #include "sparse24/sparse24.h"
 
@@ -83,6 +84,7 @@ struct SparseScaledGemm {
          reinterpret_cast<const ElementE*>(p.meta), SparseConfig::fill_layoutE(problem)},
         {{},  // fusion arguments, below
          nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d}};
+    args.hw_info.sm_count = p.sm_count;
     auto& f = args.epilogue.thread;
     f = {
         {p.a_scales, 0.f, {_0{}, p.a_per_token, int64_t(0)}},             // AScale (per column = token)
@@ -107,15 +109,7 @@ size_t workspace_size_for(const GemmArgs& p) {
 template <class Config, class ElementOut>
 cudaError_t run_for(const GemmArgs& p, void* workspace, cudaStream_t stream) {
   using G = SparseScaledGemm<Config, ElementOut>;
-  typename G::Gemm gemm;
-  const auto args = G::arguments(p);
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorNotSupported;
-  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorUnknown;
-  if (gemm.run(stream) != cutlass::Status::kSuccess) {
-    const cudaError_t e = cudaGetLastError();
-    return e == cudaSuccess ? cudaErrorUnknown : e;
-  }
-  return cudaGetLastError();
+  return run_cutlass<typename G::Gemm>(G::arguments(p), workspace, stream);
 }
 
 // Out-dtype dispatch, shared by the per-bucket files.
