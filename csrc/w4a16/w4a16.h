@@ -14,7 +14,7 @@ namespace qk::w4a16 {
 
 inline constexpr int kTileN = 64;   // columns of one thread-block tile: N % 64 == 0
 inline constexpr int kTileK = 128;  // K per pipeline stage: K % 128 == 0
-inline constexpr int kSliceM = 64;  // rows per pass over the weights (larger M loops over slices)
+inline constexpr int kSliceM = 64;  // rows per block; m <= kSliceM: stream-K, else tile mode (no split-K)
 
 struct GemmArgs {
   const void* a;          // [m, k] activations (fp16/bf16), already permuted for act-order
@@ -23,8 +23,8 @@ struct GemmArgs {
   const void* zeros;      // [groups, n] zero-point nibbles in the activation dtype, or null (uint4b8)
   const void* bias;       // [n] in the activation dtype, or null
   void* c;                // [m, n] output, activation dtype
-  float* partials;        // stream-K workspace: partials_floats(n) floats, any contents
-  int* locks;             // stream-K workspace: n / kTileN ints, zero on entry (left zero on exit)
+  float* partials;        // stream-K workspace (m <= kSliceM): partials_floats(n) floats, any contents
+  int* locks;             // stream-K workspace (m <= kSliceM): n / kTileN ints, zero on entry (left zero)
   int m, n, k;
   int group_size;         // 32, 64, 128, or k for per channel
   int num_sms;            // thread blocks to spread the work over (one per SM)

@@ -4,6 +4,8 @@
 // launcher, kernels/gemm_kernel.cuh).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
+#include <ATen/ops/max.h>
+#include <ATen/ops/min.h>
 #include <ATen/ops/zeros.h>
 
 #include <cstdint>
@@ -27,6 +29,16 @@ void check_arch(const char* op, const at::Tensor& t) {
   TORCH_CHECK(false, "qkernels.", op, ": the W4A16 kernels were not built for sm_80+ in this install (GPU is sm_",
               arch, "). Rebuild with QKERNELS_ARCHS including 80, 86, 89 or 90.");
 #endif
+}
+
+int sm_count(int device) {
+  static int counts[64] = {};  // per device, queried once
+  int n = device >= 0 && device < 64 ? counts[device] : 0;
+  if (n == 0) {
+    QK_CHECK_LAUNCH("w4a16_gemm", cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    if (device >= 0 && device < 64) counts[device] = n;
+  }
+  return n;
 }
 
 void check_group_tensor(const char* name, const at::Tensor& t, const at::Tensor& a, int64_t groups, int64_t n) {
@@ -53,9 +65,14 @@ at::Tensor w4a16_repack(const at::Tensor& weight_packed, const std::optional<at:
   TORCH_CHECK(weight_packed.dim() == 2, "qkernels.w4a16_repack: weight_packed must be 2-D [N, K/8]; got ",
               weight_packed.sizes(), ".");
   const int64_t n = weight_packed.size(0), k = weight_packed.size(1) * 8;
-  TORCH_CHECK(n % kTileN == 0 && k % kTileK == 0, "qkernels.w4a16_repack: N = ", n, ", K = ", k,
-              " must be multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
-  if (perm) check_perm("w4a16_repack", *perm, weight_packed, k);
+  TORCH_CHECK(n > 0 && k > 0 && n % kTileN == 0 && k % kTileK == 0, "qkernels.w4a16_repack: N = ", n, ", K = ", k,
+              " must be positive multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
+  if (perm) {
+    check_perm("w4a16_repack", *perm, weight_packed, k);
+    // The kernel gathers weight columns perm[k]: a load-time op, so this sync is affordable.
+    TORCH_CHECK(perm->min().item<int>() >= 0 && perm->max().item<int>() < k, "qkernels.w4a16_repack: perm holds "
+                "column indices outside [0, K = ", k, "): pass argsort(g_idx) (qkernels.ops.w4a16.prepare_weight).");
+  }
   check_arch("w4a16_repack", weight_packed);
   const c10::cuda::CUDAGuard guard(weight_packed.device());
   auto out = at::empty({k / 16, 2 * n}, weight_packed.options());
@@ -79,8 +96,8 @@ at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tens
   QK_CHECK_CONTIGUOUS("w4a16_gemm", a);
   TORCH_CHECK(a.dim() >= 1 && a.size(-1) == size_k, "qkernels.w4a16_gemm: a has shape ", a.sizes(),
               "; its last dim must be K = ", size_k, ".");
-  TORCH_CHECK(size_n % kTileN == 0 && size_k % kTileK == 0, "qkernels.w4a16_gemm: N = ", size_n, ", K = ", size_k,
-              " must be multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
+  TORCH_CHECK(size_n > 0 && size_k > 0 && size_n % kTileN == 0 && size_k % kTileK == 0, "qkernels.w4a16_gemm: N = ",
+              size_n, ", K = ", size_k, " must be positive multiples of ", kTileN, " and ", kTileK, ".", kPadHint);
   TORCH_CHECK(group_size == -1 || group_size == 32 || group_size == 64 || group_size == 128,
               "qkernels.w4a16_gemm: group_size = ", group_size, "; supported: -1 (per channel), 32, 64, 128.");
   QK_CHECK_DTYPE("w4a16_gemm", b_q, b_q.scalar_type() == at::kInt, "int32");
@@ -115,11 +132,15 @@ at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tens
   at::Tensor a_sorted = perm ? at::index_select(a, -1, *perm) : a;
   // cp.async moves 16-byte chunks: a view with a misaligned start is copied once.
   if (reinterpret_cast<uintptr_t>(a_sorted.data_ptr()) % 16 != 0) a_sorted = a_sorted.clone();
-  // Stream-K workspace from torch's caching allocator: inside a CUDA graph capture it comes from
-  // the graph's pool and the zeroing of the locks is a captured memset.
-  auto partials = at::empty({static_cast<int64_t>(partials_floats(static_cast<int>(size_n)))},
-                            a.options().dtype(at::kFloat));
-  auto locks = at::zeros({size_n / kTileN}, a.options().dtype(at::kInt));
+  // Stream-K workspace (m <= kSliceM only; larger M runs without split-K) from torch's caching
+  // allocator: inside a CUDA graph capture it comes from the graph's pool and the zeroing of the
+  // locks is a captured memset.
+  at::Tensor partials, locks;
+  if (m <= kSliceM) {
+    partials = at::empty({static_cast<int64_t>(partials_floats(static_cast<int>(size_n)))},
+                         a.options().dtype(at::kFloat));
+    locks = at::zeros({size_n / kTileN}, a.options().dtype(at::kInt));
+  }
 
   GemmArgs args{};
   args.a = a_sorted.data_ptr();
@@ -128,16 +149,14 @@ at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tens
   args.zeros = zeros ? zeros->data_ptr() : nullptr;
   args.bias = bias ? bias->data_ptr() : nullptr;
   args.c = out.data_ptr();
-  args.partials = partials.data_ptr<float>();
-  args.locks = locks.data_ptr<int>();
+  args.partials = m <= kSliceM ? partials.data_ptr<float>() : nullptr;
+  args.locks = m <= kSliceM ? locks.data_ptr<int>() : nullptr;
   TORCH_CHECK(m <= INT32_MAX, "qkernels.w4a16_gemm: M = ", m, " rows is too many (max 2^31 - 1).");
   args.m = static_cast<int>(m);
   args.n = static_cast<int>(size_n);
   args.k = static_cast<int>(size_k);
   args.group_size = static_cast<int>(group_size == -1 ? size_k : group_size);
-  int num_sms = 0;
-  QK_CHECK_LAUNCH("w4a16_gemm", cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, a.get_device()));
-  args.num_sms = num_sms;
+  args.num_sms = sm_count(a.get_device());
 
   // ---- activation dtype x zero points
 #if defined(QK_W4A16_SM80)

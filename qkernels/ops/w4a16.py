@@ -31,6 +31,8 @@ def _num_groups(size_k: int, group_size: int) -> int:
 
 
 def _check_sizes(name: str, size_n: int, size_k: int, group_size: int) -> None:
+    if size_n <= 0 or size_k <= 0:
+        C.fail(name, f"N = {size_n} and K = {size_k} must be positive.")
     C.check_multiple(name, "N (output features)", size_n, TILE_N, PAD_HINT)
     C.check_multiple(name, "K (input features)", size_k, TILE_K, PAD_HINT)
     if group_size not in GROUP_SIZES:
@@ -60,6 +62,8 @@ def _checks_repack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) ->
     C.check_dim(name, "weight_packed", weight_packed, 2)
     C.check_contiguous(name, "weight_packed", weight_packed)
     size_n, size_k = weight_packed.shape[0], weight_packed.shape[1] * ref.PACK_FACTOR
+    if size_n <= 0 or size_k <= 0:
+        C.fail(name, f"weight_packed {tuple(weight_packed.shape)} is empty: N and K must be positive.")
     C.check_multiple(name, "N (output features)", size_n, TILE_N, PAD_HINT)
     C.check_multiple(name, "K (input features)", size_k, TILE_K, PAD_HINT)
     if perm is not None:

@@ -11,11 +11,14 @@
 //   consecutive blocks, so even M = 1 with few column tiles keeps every SM streaming weights.
 //   Blocks that share a column tile add their fp32 partial sums in k order through a global
 //   workspace, serialised by a per-tile lock; the last one writes the output.
-// * M > 64 loops over row slices of 64 inside the kernel with the same partition, so each
-//   slice re-reads the weights (from L2 for all but the first slice, in practice).
+// * M > 64 ("tile mode") uses no split-K: the work items are (64-row slice, column tile) pairs
+//   over the whole K, one block each, no workspace and no waiting between blocks. Items are
+//   ordered in groups of kGroupTiles column tiles, slices inside a group: the blocks in flight
+//   share a few column tiles (their weights stay in L2 across slices) and a few A slices.
 // * Per k tile, a 4-stage cp.async pipeline brings A (zero-filled past row m) and the 4 KiB of
-//   weights into shared memory. Weights are read exactly once: they are loaded with an L2
-//   evict-first policy so they do not push the activations (re-read by every block) out of L2.
+//   weights into shared memory. In stream-K mode weights are read exactly once: they are loaded
+//   with an L2 evict-first policy so they do not push the activations (re-read by every block)
+//   out of L2; in tile mode they are re-read by every slice and use the default policy.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,6 +32,7 @@ constexpr int kStages = 4;                       // cp.async pipeline depth
 constexpr int kKSteps = kTileK / 16;             // mma k-steps per stage
 constexpr int kBChunks = kKSteps * kTileN * 16 / 8 / 4;  // uint4 chunks of weights per stage (256)
 constexpr int kAChunksPerRow = kTileK * 2 / 16;  // uint4 chunks of one A row per stage (16)
+constexpr int kGroupTiles = 8;                  // tile mode: column tiles per item group
 
 // ----------------------------------------------------------------- PTX wrappers
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -50,6 +54,11 @@ __device__ __forceinline__ void cp_async_evict_first(void* smem, const void* gme
       "  cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, policy;\n"
       "}\n" ::"r"(smem_addr(smem)),
       "l"(gmem));
+}
+
+// 16-byte async copy with the default L2 policy.
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -181,156 +190,175 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs args, int
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int m = args.m, n = args.n;
   const int k_tiles = args.k / kTileK;
-  const int total = (n / kTileN) * k_tiles;
-  const int start = blockIdx.x * iters_per_block;
-  const int end = min(start + iters_per_block, total);
   const T* const a = static_cast<const T*>(args.a);
   const T* const scales = static_cast<const T*>(args.scales);
   const T* const zeros = static_cast<const T*>(args.zeros);
 
-  for (int row0 = 0; row0 < m; row0 += kRows) {
+  // One segment of work: rows [row0, row0 + kRows) x column tile nt x k tiles [kt0, kt1).
+  // stream_k: the tile's k range may be shared with neighbouring blocks (reduction below);
+  // otherwise the segment covers the whole K and writes its output directly.
+  auto segment = [&](const int row0, const int nt, const int kt0, const int kt1, const bool stream_k) {
+    const int col0 = nt * kTileN + warp * 16 + lane / 4;  // this thread's column in n-tile 0 (+8: n-tile 1)
+
+    // Issues the loads of k tile `kt` into pipeline stage `stage`.
+    auto load_stage = [&](int stage, int kt) {
+      uint4* sa = smem_a + stage * kAStage;
+#pragma unroll
+      for (int i = 0; i < kAStage / kThreads; ++i) {
+        const int id = tid + i * kThreads, r = id / kAChunksPerRow, c = id % kAChunksPerRow;
+        const bool valid = row0 + r < m;
+        const T* src = a + (valid ? static_cast<size_t>(row0 + r) * args.k + kt * kTileK + c * 8 : 0);
+        cp_async_zfill(sa + r * kAChunksPerRow + (c ^ (r % 8)), src, valid);
+      }
+      uint4* sb = smem_b + stage * kBChunks;
+#pragma unroll
+      for (int i = 0; i < kBChunks / kThreads; ++i) {
+        const int id = tid + i * kThreads, step = id / 32, c = id % 32;
+        const uint32_t* src = args.b + static_cast<size_t>(kt * kKSteps + step) * 2 * n + nt * 128 + c * 4;
+        if (stream_k) {
+          cp_async_evict_first(sb + id, src);  // read once
+        } else {
+          cp_async(sb + id, src);  // re-read by the other slices: keep in L2
+        }
+      }
+    };
+
+    float acc[M_BLOCKS][2][4] = {};
+    T2 scale[2];
+    typename Tr::Offsets off[2] = {Tr::offsets(8.f), Tr::offsets(8.f)};
+    int group = -1;
+
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (kt0 + s < kt1) load_stage(s, kt0 + s);
+      cp_async_commit();  // empty groups keep the wait count uniform
+    }
+    for (int kt = kt0; kt < kt1; ++kt) {
+      cp_async_wait<kStages - 2>();
+      __syncthreads();  // stage kt is visible; stage kt-1 is free for the next load
+      const int next = kt + kStages - 1;
+      if (next < kt1) load_stage((next - kt0) % kStages, next);
+      cp_async_commit();
+
+      const int stage = (kt - kt0) % kStages;
+      const uint4* sa = smem_a + stage * kAStage;
+      const uint32_t* sb = reinterpret_cast<const uint32_t*>(smem_b + stage * kBChunks);
+#pragma unroll
+      for (int step = 0; step < kKSteps; ++step) {
+        const int g = (kt * kTileK + step * 16) / args.group_size;
+        if (g != group) {  // warp-uniform: scales (and zero points) of this group's two columns
+          group = g;
+          const size_t base = static_cast<size_t>(g) * n + col0;
+          scale[0] = Tr::splat(scales[base]);
+          scale[1] = Tr::splat(scales[base + 8]);
+          if constexpr (HAS_ZEROS) {
+            off[0] = Tr::offsets(static_cast<float>(zeros[base]));
+            off[1] = Tr::offsets(static_cast<float>(zeros[base + 8]));
+          }
+        }
+        uint32_t bfrag[4];
+        Tr::dequant(sb[step * 128 + warp * 32 + lane], off, scale, bfrag);
+#pragma unroll
+        for (int mb = 0; mb < M_BLOCKS; ++mb) {
+          uint32_t afrag[4];
+          const int r = mb * 16 + lane % 16, c = step * 2 + lane / 16;
+          ldmatrix_x4(afrag, sa + r * kAChunksPerRow + (c ^ (r % 8)));
+          Tr::mma(afrag, bfrag, acc[mb][0]);
+          Tr::mma(afrag, bfrag + 2, acc[mb][1]);
+        }
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // all stages consumed before the next segment reuses them
+
+    // ---- reduction over the blocks that share column tile nt (in k order), then the output
+    const int first = stream_k ? nt * k_tiles / iters_per_block : 0;
+    const int last = stream_k ? ((nt + 1) * k_tiles - 1) / iters_per_block : 0;
+    const int idx = blockIdx.x - first;
+    const bool shared_tile = stream_k && first != last;
+    const bool writes_output = !stream_k || int(blockIdx.x) == last;
+    float4* ws = reinterpret_cast<float4*>(args.partials) + static_cast<size_t>(nt) * kSliceM * kTileN / 4 +
+                 warp * M_BLOCKS * 2 * 32 + lane;
+    if (shared_tile) {
+      if (tid == 0) {
+        while (ld_acquire(args.locks + nt) != idx) {
+        }
+      }
+      __syncthreads();
+      if (idx > 0) {
+#pragma unroll
+        for (int mb = 0; mb < M_BLOCKS; ++mb)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const float4 p = __ldcg(ws + (mb * 2 + j) * 32);
+            acc[mb][j][0] += p.x, acc[mb][j][1] += p.y, acc[mb][j][2] += p.z, acc[mb][j][3] += p.w;
+          }
+      }
+      if (!writes_output) {
+#pragma unroll
+        for (int mb = 0; mb < M_BLOCKS; ++mb)
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            __stcg(ws + (mb * 2 + j) * 32, make_float4(acc[mb][j][0], acc[mb][j][1], acc[mb][j][2], acc[mb][j][3]));
+        __threadfence();
+      }
+    }
+    if (writes_output) {
+      T* c = static_cast<T*>(args.c);
+      const T* bias = static_cast<const T*>(args.bias);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int col = nt * kTileN + warp * 16 + j * 8 + 2 * (lane % 4);
+        const float b0 = bias ? static_cast<float>(bias[col]) : 0.f;
+        const float b1 = bias ? static_cast<float>(bias[col + 1]) : 0.f;
+#pragma unroll
+        for (int mb = 0; mb < M_BLOCKS; ++mb)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int row = row0 + mb * 16 + lane / 4 + 8 * h;
+            if (row < m)
+              *reinterpret_cast<T2*>(c + static_cast<size_t>(row) * n + col) =
+                  Tr::pack(acc[mb][j][2 * h] + b0, acc[mb][j][2 * h + 1] + b1);
+          }
+      }
+    }
+    if (shared_tile) {
+      __syncthreads();  // every thread's workspace reads / writes are done (and fenced)
+      if (tid == 0) st_release(args.locks + nt, writes_output ? 0 : idx + 1);
+    }
+  };
+
+  if (M_BLOCKS * 16 != kSliceM || iters_per_block > 0) {
+    // Stream-K (m <= kRows, one row slice): this block's contiguous range of (column tile, k
+    // tile) iterations. A block only ever waits for lower-numbered blocks of its tile.
+    const int total = (n / kTileN) * k_tiles;
+    const int start = blockIdx.x * iters_per_block;
+    const int end = min(start + iters_per_block, total);
     for (int it = start; it < end;) {
       const int nt = it / k_tiles, kt0 = it % k_tiles;
       const int kt1 = min(k_tiles, kt0 + (end - it));
       it += kt1 - kt0;
-      const int col0 = nt * kTileN + warp * 16 + lane / 4;  // this thread's column in n-tile 0 (+8: n-tile 1)
-
-      // Issues the loads of k tile `kt` into pipeline stage `stage`.
-      auto load_stage = [&](int stage, int kt) {
-        uint4* sa = smem_a + stage * kAStage;
-#pragma unroll
-        for (int i = 0; i < kAStage / kThreads; ++i) {
-          const int id = tid + i * kThreads, r = id / kAChunksPerRow, c = id % kAChunksPerRow;
-          const bool valid = row0 + r < m;
-          const T* src = a + (valid ? static_cast<size_t>(row0 + r) * args.k + kt * kTileK + c * 8 : 0);
-          cp_async_zfill(sa + r * kAChunksPerRow + (c ^ (r % 8)), src, valid);
-        }
-        uint4* sb = smem_b + stage * kBChunks;
-#pragma unroll
-        for (int i = 0; i < kBChunks / kThreads; ++i) {
-          const int id = tid + i * kThreads, step = id / 32, c = id % 32;
-          const uint32_t* src = args.b + static_cast<size_t>(kt * kKSteps + step) * 2 * n + nt * 128 + c * 4;
-          cp_async_evict_first(sb + id, src);
-        }
-      };
-
-      float acc[M_BLOCKS][2][4] = {};
-      T2 scale[2];
-      typename Tr::Offsets off[2] = {Tr::offsets(8.f), Tr::offsets(8.f)};
-      int group = -1;
-
-#pragma unroll
-      for (int s = 0; s < kStages - 1; ++s) {
-        if (kt0 + s < kt1) load_stage(s, kt0 + s);
-        cp_async_commit();  // empty groups keep the wait count uniform
-      }
-      for (int kt = kt0; kt < kt1; ++kt) {
-        cp_async_wait<kStages - 2>();
-        __syncthreads();  // stage kt is visible; stage kt-1 is free for the next load
-        const int next = kt + kStages - 1;
-        if (next < kt1) load_stage((next - kt0) % kStages, next);
-        cp_async_commit();
-
-        const int stage = (kt - kt0) % kStages;
-        const uint4* sa = smem_a + stage * kAStage;
-        const uint32_t* sb = reinterpret_cast<const uint32_t*>(smem_b + stage * kBChunks);
-#pragma unroll
-        for (int step = 0; step < kKSteps; ++step) {
-          const int g = (kt * kTileK + step * 16) / args.group_size;
-          if (g != group) {  // warp-uniform: scales (and zero points) of this group's two columns
-            group = g;
-            const size_t base = static_cast<size_t>(g) * n + col0;
-            scale[0] = Tr::splat(scales[base]);
-            scale[1] = Tr::splat(scales[base + 8]);
-            if constexpr (HAS_ZEROS) {
-              off[0] = Tr::offsets(static_cast<float>(zeros[base]));
-              off[1] = Tr::offsets(static_cast<float>(zeros[base + 8]));
-            }
-          }
-          uint32_t bfrag[4];
-          Tr::dequant(sb[step * 128 + warp * 32 + lane], off, scale, bfrag);
-#pragma unroll
-          for (int mb = 0; mb < M_BLOCKS; ++mb) {
-            uint32_t afrag[4];
-            const int r = mb * 16 + lane % 16, c = step * 2 + lane / 16;
-            ldmatrix_x4(afrag, sa + r * kAChunksPerRow + (c ^ (r % 8)));
-            Tr::mma(afrag, bfrag, acc[mb][0]);
-            Tr::mma(afrag, bfrag + 2, acc[mb][1]);
-          }
-        }
-      }
-      cp_async_wait<0>();
-      __syncthreads();  // all stages consumed before the next segment reuses them
-
-      // ---- reduction over the blocks that share column tile nt (in k order), then the output
-      const int first = nt * k_tiles / iters_per_block;
-      const int last = ((nt + 1) * k_tiles - 1) / iters_per_block;
-      const int idx = blockIdx.x - first;
-      const bool shared_tile = first != last;
-      const bool writes_output = blockIdx.x == last;
-      float4* ws = reinterpret_cast<float4*>(args.partials) + static_cast<size_t>(nt) * kSliceM * kTileN / 4 +
-                   warp * M_BLOCKS * 2 * 32 + lane;
-      if (shared_tile) {
-        if (tid == 0) {
-          while (ld_acquire(args.locks + nt) != idx) {
-          }
-        }
-        __syncthreads();
-        if (idx > 0) {
-#pragma unroll
-          for (int mb = 0; mb < M_BLOCKS; ++mb)
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const float4 p = __ldcg(ws + (mb * 2 + j) * 32);
-              acc[mb][j][0] += p.x, acc[mb][j][1] += p.y, acc[mb][j][2] += p.z, acc[mb][j][3] += p.w;
-            }
-        }
-        if (!writes_output) {
-#pragma unroll
-          for (int mb = 0; mb < M_BLOCKS; ++mb)
-#pragma unroll
-            for (int j = 0; j < 2; ++j)
-              __stcg(ws + (mb * 2 + j) * 32, make_float4(acc[mb][j][0], acc[mb][j][1], acc[mb][j][2], acc[mb][j][3]));
-          __threadfence();
-        }
-      }
-      if (writes_output) {
-        T* c = static_cast<T*>(args.c);
-        const T* bias = static_cast<const T*>(args.bias);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int col = nt * kTileN + warp * 16 + j * 8 + 2 * (lane % 4);
-          const float b0 = bias ? static_cast<float>(bias[col]) : 0.f;
-          const float b1 = bias ? static_cast<float>(bias[col + 1]) : 0.f;
-#pragma unroll
-          for (int mb = 0; mb < M_BLOCKS; ++mb)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int row = row0 + mb * 16 + lane / 4 + 8 * h;
-              if (row < m)
-                *reinterpret_cast<T2*>(c + static_cast<size_t>(row) * n + col) =
-                    Tr::pack(acc[mb][j][2 * h] + b0, acc[mb][j][2 * h + 1] + b1);
-            }
-        }
-      }
-      if (shared_tile) {
-        __syncthreads();  // every thread's workspace reads / writes are done (and fenced)
-        if (tid == 0) st_release(args.locks + nt, writes_output ? 0 : idx + 1);
-      }
+      segment(0, nt, kt0, kt1, true);
     }
+  } else if constexpr (M_BLOCKS * 16 == kSliceM) {
+    // Tile mode (m > kRows; only the 64-row kernel): item blockIdx.x = (slice, column tile), whole K. Items come in
+    // groups of kGroupTiles column tiles; inside a group, consecutive items are consecutive
+    // tiles of one slice, so the blocks in flight share weights and activations in L2.
+    const int n_tiles = n / kTileN, slices = (m + kRows - 1) / kRows;
+    const int per_group = slices * kGroupTiles;
+    const int g = blockIdx.x / per_group, r = blockIdx.x % per_group;
+    const int tiles_in_group = min(kGroupTiles, n_tiles - g * kGroupTiles);
+    const int nt = g * kGroupTiles + r % tiles_in_group, slice = r / tiles_in_group;
+    segment(slice * kRows, nt, 0, k_tiles, false);
   }
 }
 
 // ----------------------------------------------------------------- launcher
-// Partition: one block per SM, each taking ceil(total / num_sms) consecutive k-tile iterations.
-// When M spans several row slices and there are at least as many column tiles as SMs, splitting
-// k buys nothing but reductions: ranges are rounded up to whole column tiles instead.
+// Stream-K partition (m <= kSliceM): one block per SM, each taking ceil(total / num_sms)
+// consecutive (column tile, k tile) iterations.
 inline int iters_per_block(const GemmArgs& args) {
-  const int n_tiles = args.n / kTileN, k_tiles = args.k / kTileK;
-  const int total = n_tiles * k_tiles;
-  int ipb = ceil_div(total, args.num_sms);
-  if (args.m > kSliceM && n_tiles >= args.num_sms) ipb = ceil_div(ipb, k_tiles) * k_tiles;
-  return ipb;
+  const int total = (args.n / kTileN) * (args.k / kTileK);
+  return ceil_div(total, args.num_sms);
 }
 
 template <typename T, int M_BLOCKS, bool HAS_ZEROS>
@@ -338,13 +366,22 @@ cudaError_t launch(const GemmArgs& args, cudaStream_t stream) {
   auto kernel = gemm_kernel<T, M_BLOCKS, HAS_ZEROS>;
   constexpr int kSmem = smem_bytes<M_BLOCKS>();
   QK_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  if (args.m > M_BLOCKS * 16) {
+    // Tile mode: one block per (64-row slice, column tile), whole K (only the 64-row kernel).
+    if constexpr (M_BLOCKS * 16 == kSliceM) {
+      const int items = ceil_div(args.m, kSliceM) * (args.n / kTileN);
+      kernel<<<items, kThreads, kSmem, stream>>>(args, 0);
+      return cudaGetLastError();
+    }
+    return cudaErrorInvalidValue;  // dispatch_m never sends m > rows to the smaller kernels
+  }
   const int ipb = iters_per_block(args);
   const int total = (args.n / kTileN) * (args.k / kTileK);
   kernel<<<ceil_div(total, ipb), kThreads, kSmem, stream>>>(args, ipb);
   return cudaGetLastError();
 }
 
-// M bucket -> rows per slice: 16, 32, 48 for small M (a single slice), 64 (slices) beyond.
+// M bucket -> rows per block: 16, 32, 48, 64 (stream-K, one slice); beyond 64, tile mode on 64-row slices.
 template <typename T, bool HAS_ZEROS>
 cudaError_t dispatch_m(const GemmArgs& args, cudaStream_t stream) {
   if (args.m <= 16) return launch<T, 1, HAS_ZEROS>(args, stream);
