@@ -4,10 +4,14 @@
 (column-major). Weights are quantised once per shape (per channel or per tensor),
 activations per token or per tensor by the qkernels quant ops; only the GEMM is
 timed (the quant family times the activation quantisation). Peers in the same
-run: ``torch._scaled_mm`` (cuBLASLt FP8, same scales) and ``torch._int_mm``
+run: ``torch._scaled_mm`` (cuBLASLt FP8, same scales, ``use_fast_accum=True`` like our
+sm90 FP8 kernels: its fastest mode), ``torch._int_mm``
 (cuBLAS INT8 with int32 output and *no* scale epilogue, so it does less work;
-PyTorch requires M > 16 for it). rel_err: against ``qkernels.reference.scaled_mm``
-on the same quantised inputs (first ``min(M, 256)`` rows).
+PyTorch requires M > 16 for it) and ``triton_scaled_mm`` (``bench/triton_peer.py``:
+a tiled Triton ``tl.dot`` kernel with the same scales and epilogue, autotuned over a
+few configs; FP8 and INT8; left out, with a message, where Triton is missing).
+rel_err: against ``qkernels.reference.scaled_mm`` on the same quantised inputs
+(first ``min(M, 256)`` rows).
 """
 from __future__ import annotations
 
@@ -77,9 +81,14 @@ def run(ctx, st: _State, M: int) -> List[dict]:
     rows = [ctx.row(impl="qkernels", dtypes=dtypes, timing=ctx.time(gemm), rel_err=err, **common)]
     if not ctx.peers:
         return rows
+    from bench.triton_peer import triton_scaled_mm
+
+    tri = lambda: triton_scaled_mm(a, st.b, a_s, st.b_scales, torch.bfloat16)
+    rows += ctx.peer_rows("triton_scaled_mm", tri, dtypes=dtypes, **common)
     if st.dtype == FP8:
         sa, sb = (a_s, st.b_scales.reshape(1, N)) if st.per_channel else (a_s.reshape(()), st.b_scales.reshape(()))
-        peer = lambda: torch._scaled_mm(a, st.b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+        peer = lambda: torch._scaled_mm(a, st.b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                       use_fast_accum=True)  # our sm90 FP8 kernels fast-accumulate too
         rows += ctx.peer_rows("torch_scaled_mm", peer, dtypes=dtypes, **common)
     elif M > 16:
         peer = lambda: torch._int_mm(a, st.b)
