@@ -59,14 +59,18 @@ def cutlass_dir() -> str:
         if not os.path.isdir(os.path.join(d, "include", "cutlass")):
             raise RuntimeError(f"QKERNELS_CUTLASS_DIR={d} has no include/cutlass: point it at a CUTLASS checkout.")
         return d
-    try:
-        import cutlass_library
-    except ImportError as e:
+    # Located without importing it: the package's Python side needs dependencies (cuda-python,
+    # pydot, ...) that a build does not, and that a machine without a registry may lack.
+    import importlib.util
+
+    spec = importlib.util.find_spec("cutlass_library")
+    src = os.path.join(os.path.dirname(spec.origin), "source") if spec and spec.origin else None
+    if not src or not os.path.isdir(os.path.join(src, "include", "cutlass")):
         raise RuntimeError(
             "CUTLASS headers not found: install the pinned wheel (pip install nvidia-cutlass==4.2.0.0) "
             "or set QKERNELS_CUTLASS_DIR to a CUTLASS checkout (see third_party/README.md)."
-        ) from e
-    return os.path.join(os.path.dirname(cutlass_library.__file__), "source")
+        )
+    return src
 
 
 def parse_families(value: str) -> list:

@@ -52,9 +52,16 @@ def info(out=sys.stdout) -> int:
         p(f"Build: no CUDA code ({bi.get('reason', 'no build info: running from a source tree?')})")
     p(f"Library: {_loader.library_path or 'not loaded: ' + str(_loader.load_error)}")
     p("Ops (CPU tensors always run the pure-torch reference):")
+    from qkernels.ops.schemas import SCHEMAS
+
     for fam, names in family_ops().items():
         for n in names:
-            cuda = "CUDA kernel" if _loader.has_cuda_kernel(n) else "no CUDA kernel (CPU reference only)"
+            if "Tensor" not in SCHEMAS[n]:  # e.g. scaled_mm_supports: answered from the build info
+                cuda = "capability query (no tensors; any device)"
+            elif _loader.has_cuda_kernel(n):
+                cuda = "CUDA kernel"
+            else:
+                cuda = "no CUDA kernel (CPU reference only)"
             p(f"  {fam:<10} qkernels::{n:<38} {cuda}")
     if torch.cuda.is_available() and bi.get("built"):
         arch = "".join(map(str, torch.cuda.get_device_capability(0)))
@@ -84,6 +91,14 @@ def demo() -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `qkernels info | head`: the reader went away, not an error
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv.pop(0) if argv else "help"
     if cmd == "info":

@@ -8,7 +8,7 @@ fams=${1:?families}; archs=${2:-min}; shift || true; shift || true
 PY=${PYTHON:-python3}
 dir="build-dev-${fams//;/_}-${archs//;/_}"
 tdir=$($PY -c 'import torch,os; print(os.path.dirname(torch.__file__))')
-cdir=$($PY -c 'import cutlass_library,os; print(os.path.dirname(cutlass_library.__file__)+"/source")')
+cdir=$($PY -c 'import importlib.util as u,os; print(os.path.dirname(u.find_spec("cutlass_library").origin)+"/source")')
 abi=$($PY -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')
 cmake=$(dirname "$PY")/cmake; [ -x "$cmake" ] || cmake=cmake
 "$cmake" -S . -B "$dir" -G Ninja -DQK_ARCHS="$archs" -DQK_FAMILIES="$fams" -DQK_CUTLASS_DIR="$cdir" \
