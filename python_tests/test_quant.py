@@ -152,6 +152,15 @@ def test_error_scale_shape_and_dtype():
         quant.scaled_int8_quant(torch.randn(2, 8), scale=torch.ones(1, dtype=torch.float16))
 
 
+@pytest.mark.parametrize("fn", [lambda x: qkernels.scaled_fp8_quant(x, per_token=True),
+                                lambda x: qkernels.scaled_int8_quant(x),
+                                lambda x: qkernels.scaled_int8_quant(x, symmetric=False)],
+                         ids=["fp8-token", "int8-token", "int8-token-azp"])
+def test_error_per_token_needs_a_non_empty_last_dim(fn):
+    with pytest.raises(QKernelsInputError, match=r"input has shape \(4, 0\): per-token scales need a non-empty"):
+        fn(torch.zeros(4, 0))
+
+
 def test_error_conflicting_arguments():
     with pytest.raises(QKernelsInputError, match="excludes per_token"):
         quant.scaled_fp8_quant(torch.randn(2, 8), scale=torch.ones(1), per_token=True)

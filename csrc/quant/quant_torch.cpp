@@ -4,6 +4,7 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 
+#include <cstdint>
 #include <tuple>
 #include <vector>
 
@@ -41,6 +42,13 @@ std::vector<int64_t> token_scale_shape(const at::Tensor& x) {
 
 int64_t rows_of(const at::Tensor& x) { return x.numel() == 0 ? 0 : x.numel() / x.size(-1); }
 
+// Per-token ops: one block per row (the grid's x extent), reducing over a non-empty last dim.
+void check_rows(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.size(-1) > 0, "qkernels.", op, ": input has shape ", x.sizes(),
+              ": per-token scales need a non-empty last dim.");
+  TORCH_CHECK(rows_of(x) <= INT32_MAX, "qkernels.", op, ": ", rows_of(x), " rows is too many (max 2^31 - 1).");
+}
+
 at::Tensor static_scaled_fp8_quant(const at::Tensor& input, const at::Tensor& scale) {
   check_input("static_scaled_fp8_quant", input);
   check_scalar_tensor("static_scaled_fp8_quant", "scale", scale, at::kFloat, input);
@@ -68,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_scaled_fp8_quant(const at::Tensor& in
 std::tuple<at::Tensor, at::Tensor> dynamic_per_token_scaled_fp8_quant(const at::Tensor& input,
                                                                       const std::optional<at::Tensor>& scale_ub) {
   check_input("dynamic_per_token_scaled_fp8_quant", input);
+  check_rows("dynamic_per_token_scaled_fp8_quant", input);
   if (scale_ub) check_scalar_tensor("dynamic_per_token_scaled_fp8_quant", "scale_ub", *scale_ub, at::kFloat, input);
   const c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty_like(input, input.options().dtype(at::kFloat8_e4m3fn));
@@ -95,6 +104,7 @@ at::Tensor static_scaled_int8_quant(const at::Tensor& input, const at::Tensor& s
 
 std::tuple<at::Tensor, at::Tensor> dynamic_scaled_int8_quant(const at::Tensor& input) {
   check_input("dynamic_scaled_int8_quant", input);
+  check_rows("dynamic_scaled_int8_quant", input);
   const c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty_like(input, input.options().dtype(at::kChar));
   auto scales = at::empty(token_scale_shape(input), input.options().dtype(at::kFloat));
@@ -107,6 +117,7 @@ std::tuple<at::Tensor, at::Tensor> dynamic_scaled_int8_quant(const at::Tensor& i
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_scaled_int8_quant_azp(const at::Tensor& input) {
   check_input("dynamic_scaled_int8_quant_azp", input);
+  check_rows("dynamic_scaled_int8_quant_azp", input);
   const c10::cuda::CUDAGuard guard(input.device());
   auto out = at::empty_like(input, input.options().dtype(at::kChar));
   auto scales = at::empty(token_scale_shape(input), input.options().dtype(at::kFloat));

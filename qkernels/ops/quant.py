@@ -29,6 +29,12 @@ def _check_tensor_scale(name: str, argname: str, s: torch.Tensor, x: torch.Tenso
     C.check_same_device(name, input=x, **{argname: s})
 
 
+def _check_rows(name: str, x: torch.Tensor) -> None:
+    """Per-token ops reduce over the last dim: it must not be empty."""
+    if x.shape[-1] == 0:
+        C.fail(name, f"input has shape {tuple(x.shape)}: per-token scales need a non-empty last dim.")
+
+
 def _token_scale_shape(x: torch.Tensor):
     return (*x.shape[:-1], 1)
 
@@ -65,6 +71,7 @@ def _(input):
 
 def _checks_token_fp8(input, scale_ub):
     _check_input("dynamic_per_token_scaled_fp8_quant", input)
+    _check_rows("dynamic_per_token_scaled_fp8_quant", input)
     if scale_ub is not None:
         _check_tensor_scale("dynamic_per_token_scaled_fp8_quant", "scale_ub", scale_ub, input)
 
@@ -92,7 +99,8 @@ def scaled_fp8_quant(
     * ``scale`` given: static per-tensor quantisation with that float32 ``[1]`` scale.
     * ``scale`` None, ``per_token`` False: dynamic per-tensor scale ``absmax / 448``.
     * ``scale`` None, ``per_token`` True: one scale per token (row), optionally
-      bounded above by ``scale_ub`` (float32 ``[1]``).
+      computed from ``min(absmax, scale_ub)`` (``scale_ub`` float32 ``[1]``: an upper bound on the
+      row's absmax, so the scale is at most ``scale_ub / 448``; vLLM's convention).
 
     Returns ``(q, scale)``: ``q`` has ``input``'s shape; ``scale`` is float32 ``[1]``
     or ``[*input.shape[:-1], 1]``. Dequantise with ``q.float() * scale``.
@@ -134,18 +142,21 @@ def _(input, scale, azp=None):
 @register_fake("dynamic_scaled_int8_quant")
 def _(input):
     _check_input("dynamic_scaled_int8_quant", input)
+    _check_rows("dynamic_scaled_int8_quant", input)
     return torch.empty_like(input, dtype=torch.int8), input.new_empty(_token_scale_shape(input), dtype=torch.float32)
 
 
 @register_reference("dynamic_scaled_int8_quant")
 def _(input):
     _check_input("dynamic_scaled_int8_quant", input)
+    _check_rows("dynamic_scaled_int8_quant", input)
     return ref.dynamic_scaled_int8_quant(input)
 
 
 @register_fake("dynamic_scaled_int8_quant_azp")
 def _(input):
     _check_input("dynamic_scaled_int8_quant_azp", input)
+    _check_rows("dynamic_scaled_int8_quant_azp", input)
     shape = _token_scale_shape(input)
     return (
         torch.empty_like(input, dtype=torch.int8),
@@ -157,6 +168,7 @@ def _(input):
 @register_reference("dynamic_scaled_int8_quant_azp")
 def _(input):
     _check_input("dynamic_scaled_int8_quant_azp", input)
+    _check_rows("dynamic_scaled_int8_quant_azp", input)
     return ref.dynamic_scaled_int8_quant_azp(input)
 
 

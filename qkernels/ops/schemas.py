@@ -22,7 +22,7 @@ SCHEMAS: dict[str, str] = {
     # FP8 with a per-tensor scale computed from absmax(input) / 448. Returns (q, scale[1]).
     "dynamic_scaled_fp8_quant": "(Tensor input) -> (Tensor, Tensor)",
     # FP8 with one scale per token (row of the flattened [M, K] input), optionally
-    # clamped to scale_ub. Returns (q, scale[M, 1]).
+    # with the row's absmax clamped to scale_ub (scale <= scale_ub / 448). Returns (q, scale[M, 1]).
     "dynamic_per_token_scaled_fp8_quant": "(Tensor input, Tensor? scale_ub=None) -> (Tensor, Tensor)",
     # INT8 with a given per-tensor scale and optional per-tensor int32 zero point.
     "static_scaled_int8_quant": "(Tensor input, Tensor scale, Tensor? azp=None) -> Tensor",

@@ -19,6 +19,12 @@ INT8
                        azp_m = rint(-128 - lo / scale_m)             (int32)
                        q = sat8(rint(x / scale_m) + azp_m)
 ``rint`` rounds half to even; ``sat8`` clamps to [-128, 127].
+Domain: finite inputs, finite positive static scales, and (int8 symmetric) rows whose absmax is
+not below 127 / FLT_MAX. Outside it (NaN, inf, a zero static scale, denormal-only rows) the
+kernels and this spec may differ: the kernels' reductions ignore NaN (as vLLM's do) where
+torch's propagate it, and float-to-int conversions of NaN are not specified by C++. "Bit-exact"
+means against this spec evaluated on the CPU (on CUDA tensors torch turns ``x / c`` by a Python
+scalar into ``x * (1 / c)``).
 Scales are float32 with shape ``[1]`` (per tensor) or ``[*x.shape[:-1], 1]`` (per token).
 """
 from __future__ import annotations

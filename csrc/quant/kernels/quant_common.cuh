@@ -21,7 +21,7 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162f
 
 // VEC elements of T in one 16-byte load.
 template <typename T>
-struct Vec {
+struct alignas(16) Vec {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
