@@ -13,7 +13,8 @@
 #             ones (the build folder build/gpu stays on the machine while it is warm).
 #   ARCHS     default "75;80;89;90a" with PTX, so the sm75/sm80/sm89 paths can be forced on the
 #             H100 with QKERNELS_FORCE_ARCH (the tests do it); "90a" alone builds 3x faster.
-#   FAMILIES  default all;  TEST_ARGS  extra pytest arguments (e.g. "-k scaled_mm");
+#   FAMILIES  default all;  TEST_K  a pytest -k filter (e.g. "scaled_mm"), combined with the
+#             memcheck step's own filter;  TEST_ARGS  other pytest arguments;
 #   BENCH_ARGS default "--quick".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ step() { [[ "$STEPS" == *",$1,"* ]]; }
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing the carried wheels failed" >&2; exit 1; }
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 fi
 [ -n "${QKERNELS_GIT_COMMIT:-}" ] || echo "warning: QKERNELS_GIT_COMMIT is not set: results will carry no commit" >&2
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
@@ -44,17 +45,23 @@ if step build; then
   if [ $rc -ne 0 ] || grep -q C7510 "$OUT/build.log"; then tail -n 80 "$OUT/build.log"; exit 1; fi
 fi
 python3 -m qkernels info | tee "$OUT/info.txt"
+# Without a loaded library every GPU test would skip: stop here instead.
+python3 -c "import sys; from qkernels import _loader as L; sys.exit(L.library_path is None or not L.build_info.get('built'))" \
+  || { echo "the CUDA library is not built / not loaded (see info above and $OUT/build.log)" >&2; exit 1; }
 
 if step test; then
   t0=$(date +%s)
-  python3 -m pytest python_tests -m gpu -q -ra -p no:cacheprovider --durations=15 ${TEST_ARGS:-} 2>&1 \
-    | tee "$OUT/gpu_tests.log" | tail -n 60
-  echo "tests done in $(( $(date +%s) - t0 )) s"
+  # the registry / build-info tests (CPU-fast) check what was built against what loaded
+  python3 -m pytest python_tests/test_registry.py -q -p no:cacheprovider 2>&1 | tee "$OUT/registry_tests.log" | tail -n 3
+  python3 -m pytest python_tests -m gpu -q -ra -p no:cacheprovider --timeout 300 --durations=15 \
+    ${TEST_K:+-k "$TEST_K"} ${TEST_ARGS:-} 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 60
+  echo "tests rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"
 fi
 if step memcheck; then
-  QKERNELS_TEST_REDUCED=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    python3 -m pytest python_tests -m gpu -q -x -p no:cacheprovider -k "not compile and not graph" ${TEST_ARGS:-} \
-    > "$OUT/memcheck.log" 2>&1
+  # No caching allocator here: an overrun into a neighbouring tensor is then a reported error.
+  QKERNELS_TEST_REDUCED=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
+    python3 -m pytest python_tests -m gpu -q -p no:cacheprovider --timeout 500 \
+    -k "not compile and not graph${TEST_K:+ and ($TEST_K)}" ${TEST_ARGS:-} > "$OUT/memcheck.log" 2>&1
   echo "memcheck rc=$?"; tail -n 15 "$OUT/memcheck.log"
 fi
 if step bench; then
