@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -26,6 +27,32 @@ inline int device_arch(const at::Tensor& t) {
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   return major * 10 + minor;
+}
+
+// Multiprocessors of a device, queried once per device (persistent / stream-K grids).
+inline int sm_count(int device) {
+  static int counts[64] = {};
+  TORCH_CHECK(device >= 0 && device < 64, "qkernels: device index ", device, " is out of range.");
+  if (counts[device] == 0) {
+    int n = 0;
+    const cudaError_t err = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    TORCH_CHECK(err == cudaSuccess, "qkernels: querying the SM count of device ", device, " failed: ",
+                cudaGetErrorString(err), ".");
+    counts[device] = n;
+  }
+  return counts[device];
+}
+
+// `t` is on the same device as `a` (the op's first tensor argument).
+inline void check_same_device(const char* op, const at::Tensor& a, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device() == a.device(), "qkernels.", op, ": all tensors must be on one device; a is on ", a.device(),
+              ", ", name, " on ", t.device(), ".");
+}
+
+// 16-byte vector / TMA accesses need 16-byte aligned base addresses.
+inline void check_aligned16(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "qkernels.", op, ": ", name,
+              " must start at a 16-byte aligned address (a view at an odd offset is not): call .clone() first.");
 }
 
 inline std::string dtype_name(at::ScalarType t) { return std::string(c10::toString(t)); }

@@ -104,26 +104,9 @@ const Kernel* pick(const Table& t, int64_t m) {
   return t.buckets[t.size - 1].kernel;
 }
 
-int sm_count(int device) {
-  static int counts[64] = {};
-  if (device < 0 || device >= 64) return 0;  // 0: CUTLASS queries it
-  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
-  return counts[device];
-}
-
 // ----------------------------------------------------------------- checks
 // The Python wrappers and fakes already explain these errors at length; these guard
 // memory safety for direct torch.ops calls.
-void check_device(const char* op, const at::Tensor& a, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device() == a.device(), "qkernels.", op, ": all tensors must be on one device; a is on ", a.device(),
-              ", ", name, " on ", t.device(), ".");
-}
-
-void check_aligned16(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "qkernels.", op, ": ", name,
-              " must start at a 16-byte aligned address (a view at an odd offset is not): call .clone() first.");
-}
-
 void check_vector(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
                   std::initializer_list<int64_t> numels, const at::Tensor& a) {
   TORCH_CHECK(t.scalar_type() == dtype, "qkernels.", op, ": ", name, " has dtype ", t.scalar_type(), "; expected ",
@@ -133,7 +116,7 @@ void check_vector(const char* op, const char* name, const at::Tensor& t, at::Sca
   TORCH_CHECK(ok, "qkernels.", op, ": ", name, " has shape ", t.sizes(), " (", t.numel(), " elements), which does not "
               "match the problem (see the op's docstring for the allowed shapes).");
   TORCH_CHECK(t.is_contiguous(), "qkernels.", op, ": ", name, " must be contiguous.");
-  check_device(op, a, t, name);
+  check_same_device(op, a, t, name);
 }
 
 struct Problem {
@@ -166,8 +149,8 @@ Problem check_operands(const char* op, const at::Tensor& out, const at::Tensor& 
               " is not supported; supported: bfloat16, float16.");
   TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(), "qkernels.", op,
               ": out must be a contiguous [", m, ", ", n, "] tensor; got ", out.sizes(), ".");
-  check_device(op, a, b, "b");
-  check_device(op, a, out, "out");
+  check_same_device(op, a, b, "b");
+  check_same_device(op, a, out, "out");
   check_vector(op, "a_scales", a_scales, at::kFloat, {1, m}, a);
   check_vector(op, "b_scales", b_scales, at::kFloat, {1, n}, a);
   if (bias) {

@@ -36,23 +36,6 @@ void check_weight_shape(const char* op, int64_t n, int64_t k) {
               " (16-byte aligned output rows); ", kDenseInstead, ".");
 }
 
-int sm_count(int device) {
-  static int counts[64] = {};  // per device, queried once (0: CUTLASS queries it)
-  if (device < 0 || device >= 64) return 0;
-  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
-  return counts[device];
-}
-
-void check_same_device(const char* op, const at::Tensor& a, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device() == a.device(), "qkernels.", op, ": all tensors must be on one device; a is on ", a.device(),
-              ", ", name, " on ", t.device(), ".");
-}
-
-void check_aligned16(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "qkernels.", op, ": ", name,
-              " must start at a 16-byte aligned address (a sliced view is not): call .clone() first.");
-}
-
 std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& w) {
   QK_CHECK_CUDA_TENSOR("sparse24_compress", w);
   QK_CHECK_DTYPE("sparse24_compress", w, w.scalar_type() == at::kFloat8_e4m3fn, "float8_e4m3fn");

@@ -31,16 +31,6 @@ void check_arch(const char* op, const at::Tensor& t) {
 #endif
 }
 
-int sm_count(int device) {
-  static int counts[64] = {};  // per device, queried once
-  int n = device >= 0 && device < 64 ? counts[device] : 0;
-  if (n == 0) {
-    QK_CHECK_LAUNCH("w4a16_gemm", cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    if (device >= 0 && device < 64) counts[device] = n;
-  }
-  return n;
-}
-
 void check_group_tensor(const char* name, const at::Tensor& t, const at::Tensor& a, int64_t groups, int64_t n) {
   TORCH_CHECK(t.scalar_type() == a.scalar_type(), "qkernels.w4a16_gemm: ", name, " has dtype ", t.scalar_type(),
               "; it must have the activations' dtype ", a.scalar_type(), ".");

@@ -99,7 +99,7 @@ def _check_azp(name: str, a, b, azp_adj, azp):
     C.check_same_device(name, a=a, azp_adj=azp_adj, azp=azp)
 
 
-def _check_out(name: str, out, a, b, out_dtype):
+def _check_out(name: str, out, a, b):
     want = (a.size(0), b.size(1))
     if tuple(out.shape) != want:
         C.fail(name, f"out has shape {tuple(out.shape)}; expected {want}.")
@@ -123,13 +123,13 @@ def _(a, b, a_scales, b_scales, out_dtype, bias=None):
 @register_fake("scaled_mm_out")
 def _(out, a, b, a_scales, b_scales, bias=None):
     _check_operands("scaled_mm_out", a, b, a_scales, b_scales, out.dtype, bias)
-    _check_out("scaled_mm_out", out, a, b, out.dtype)
+    _check_out("scaled_mm_out", out, a, b)
 
 
 @register_reference("scaled_mm_out")
 def _(out, a, b, a_scales, b_scales, bias=None):
     _check_operands("scaled_mm_out", a, b, a_scales, b_scales, out.dtype, bias)
-    _check_out("scaled_mm_out", out, a, b, out.dtype)
+    _check_out("scaled_mm_out", out, a, b)
     out.copy_(ref.scaled_mm(a, b, a_scales, b_scales, out.dtype, bias))
 
 
@@ -180,14 +180,14 @@ def _(a, b, a_scales, b_scales, out_dtype, azp_adj, azp=None, bias=None):
 def _(out, a, b, a_scales, b_scales, azp_adj, azp=None, bias=None):
     _check_operands("scaled_mm_azp_out", a, b, a_scales, b_scales, out.dtype, bias)
     _check_azp("scaled_mm_azp_out", a, b, azp_adj, azp)
-    _check_out("scaled_mm_azp_out", out, a, b, out.dtype)
+    _check_out("scaled_mm_azp_out", out, a, b)
 
 
 @register_reference("scaled_mm_azp_out")
 def _(out, a, b, a_scales, b_scales, azp_adj, azp=None, bias=None):
     _check_operands("scaled_mm_azp_out", a, b, a_scales, b_scales, out.dtype, bias)
     _check_azp("scaled_mm_azp_out", a, b, azp_adj, azp)
-    _check_out("scaled_mm_azp_out", out, a, b, out.dtype)
+    _check_out("scaled_mm_azp_out", out, a, b)
     out.copy_(ref.scaled_mm_azp(a, b, a_scales, b_scales, out.dtype, azp_adj, azp, bias))
 
 

@@ -56,10 +56,9 @@ def azp_adj(b: torch.Tensor, azp: Optional[torch.Tensor] = None) -> torch.Tensor
 
 
 def _epilogue(acc, a_scales, b_scales, out_dtype, bias):
-    m, n = acc.shape
     out = a_scales.float().reshape(-1, 1) * (b_scales.float().reshape(1, -1) * acc.float())
     if bias is not None:
-        out = out + bias.float().reshape(1, n)
+        out = out + bias.float().reshape(1, -1)
     return out.to(out_dtype)
 
 
