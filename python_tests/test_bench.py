@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from qkernels.testing import bench_cli, model_estimate as me, results as R
-from qkernels.testing.advise import advise, caveats
-from qkernels.testing.provenance import gpu_slug
-from qkernels.testing.shapes import PRESETS, LinearShape, ModelSpec, model_from_config, resolve_model, unique_shapes
-from qkernels.testing.suite import BenchContext, run_suite
+from qkernels.bench import cli as bench_cli, model_estimate as me, results as R
+from qkernels.bench.advise import advise, caveats
+from qkernels.bench.provenance import gpu_slug
+from qkernels.bench.shapes import PRESETS, LinearShape, ModelSpec, model_from_config, resolve_model, unique_shapes
+from qkernels.bench.suite import BenchContext, run_suite
 from qkernels.testing.timing import Timing
 
 PROV = {"gpu": "NVIDIA H100 80GB HBM3", "sm": "9.0", "num_sms": 132, "driver": "580.1", "torch": "2.14",
@@ -127,7 +127,7 @@ def test_schema_rejects_bad_docs():
 
 def test_plots_written(tmp_path):
     pytest.importorskip("matplotlib")
-    from qkernels.testing.plots import family_plots
+    from qkernels.bench.plots import family_plots
 
     rows = []
     for M, t in ((1, 10.0), (16, 11.0), (256, 40.0)):
@@ -292,7 +292,7 @@ def test_ctrl_c_keeps_rows(tmp_path):
 
 def test_quant_entry_on_cpu_reference(tmp_path):
     """The real quant entry, run on the CPU reference ops with the fake timer."""
-    from bench import quant
+    from qkernels.bench.entries import quant
 
     bench_cli._entries_module()
     ctx = cpu_ctx()

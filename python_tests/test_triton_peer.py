@@ -1,4 +1,4 @@
-"""The Triton benchmark peer (``bench/triton_peer.py``) on CPU, through Triton's interpreter.
+"""The Triton benchmark peer (``qkernels/bench/triton_peer.py``) on CPU, through Triton's interpreter.
 
 ``TRITON_INTERPRET=1`` only takes effect if it is set before Triton is imported, and this
 process may already have imported Triton (or may later need it compiled), so the kernel runs in
@@ -97,14 +97,14 @@ def _cases():
 
 
 def _configs():
-    from bench.triton_peer import CONFIGS
+    from qkernels.bench.triton_peer import CONFIGS
 
     return CONFIGS
 
 
 CHILD = """
     import sys, torch
-    from bench.triton_peer import triton_scaled_mm, _interpreting
+    from qkernels.bench.triton_peer import triton_scaled_mm, _interpreting
     assert _interpreting(), "TRITON_INTERPRET=1 did not take effect"
     cases = torch.load(sys.argv[1], weights_only=False)
     outs = []
@@ -205,7 +205,7 @@ def test_every_config_covered():
 
 
 def test_available_when_triton_imports():
-    from bench import triton_peer
+    from qkernels.bench import triton_peer
 
     try:
         import triton  # noqa: F401
@@ -222,7 +222,7 @@ def test_without_triton():
         import sys
         sys.modules["triton"] = None  # makes `import triton` raise ImportError
         import torch
-        from bench import triton_peer
+        from qkernels.bench import triton_peer
         why = triton_peer.available()
         assert isinstance(why, str) and "triton is not importable" in why, why
         a = torch.zeros(4, 32, dtype=torch.int8)
@@ -239,16 +239,16 @@ def test_without_triton():
 
 
 def test_bench_entry_row():
-    """bench/scaled_mm.py's run() adds a ``triton_scaled_mm`` peer row (FP8 and INT8) with the
+    """qkernels/bench/entries/scaled_mm.py's run() adds a ``triton_scaled_mm`` peer row (FP8 and INT8) with the
     qkernels row's fields, and that row's kernel output matches the reference (interpreter, CPU)."""
     pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
     p = _run_child("""
         import torch
-        from bench import scaled_mm as entry
-        from bench.triton_peer import triton_scaled_mm
+        from qkernels.bench.entries import scaled_mm as entry
+        from qkernels.bench.triton_peer import triton_scaled_mm
         from qkernels.reference.scaled_mm import scaled_mm as ref
-        from qkernels.testing.shapes import LinearShape
-        from qkernels.testing.suite import BenchContext
+        from qkernels.bench.shapes import LinearShape
+        from qkernels.bench.suite import BenchContext
         from qkernels.testing.timing import Timing
 
         class Timer:

@@ -75,7 +75,7 @@ def info(out=sys.stdout) -> int:
 def quickstart() -> int:
     """The README's main job."""
     if torch.cuda.is_available():
-        from qkernels.testing.bench_cli import quick_main
+        from qkernels.bench.cli import quick_main
 
         return quick_main()
     print("qkernels: no CUDA GPU is visible, so there is nothing to benchmark here.\n"
@@ -113,11 +113,11 @@ def _main(argv: Optional[List[str]] = None) -> int:
     if cmd == "demo":
         return demo()
     if cmd == "bench":
-        from qkernels.testing.bench_cli import main_bench
+        from qkernels.bench.cli import main_bench
 
         return main_bench(argv)
     if cmd == "advise":
-        from qkernels.testing.bench_cli import main_advise
+        from qkernels.bench.cli import main_advise
 
         return main_advise(argv)
     print(__doc__)

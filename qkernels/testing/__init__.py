@@ -1,1 +1,1 @@
-"""Helpers shared by the tests and the benchmarks (numerics, timing, shapes)."""
+"""Helpers shared by the tests and the benchmarks: numerics (error measures, poisoning) and timing."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .timing import Timer
+from ..testing.timing import Timer
 
 MATMUL_DIM = 8192
 COPY_BYTES = 2**30

@@ -1,6 +1,6 @@
 """A Triton W8A8 scaled GEMM: a benchmark *peer* of ``qkernels.ops.scaled_mm``, not a qkernels kernel.
 
-It exists so that ``bench/scaled_mm.py`` can time our CUTLASS kernels against what a short,
+It exists so that ``qkernels/bench/entries/scaled_mm.py`` can time our CUTLASS kernels against what a short,
 portable Triton kernel reaches on the same GPU, in the same run (row ``impl =
 "triton_scaled_mm"``). It is not registered as an op, not dispatched to by anything in
 ``qkernels``, and not tuned beyond a handful of ``triton.autotune`` configs: a reference point,

@@ -14,8 +14,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from bench._common import dtype_name, unavailable
-from qkernels.testing.shapes import LinearShape
+from qkernels.bench.entries._common import dtype_name, unavailable
+from qkernels.bench.shapes import LinearShape
 
 NAME = "quant"
 GEMM = False

@@ -7,7 +7,7 @@ timed (the quant family times the activation quantisation). Peers in the same
 run: ``torch._scaled_mm`` (cuBLASLt FP8, same scales, ``use_fast_accum=True`` like our
 sm90 FP8 kernels: its fastest mode), ``torch._int_mm``
 (cuBLAS INT8 with int32 output and *no* scale epilogue, so it does less work;
-PyTorch requires M > 16 for it) and ``triton_scaled_mm`` (``bench/triton_peer.py``:
+PyTorch requires M > 16 for it) and ``triton_scaled_mm`` (``qkernels/bench/triton_peer.py``:
 a tiled Triton ``tl.dot`` kernel with the same scales and epilogue, autotuned over a
 few configs; FP8 and INT8; left out, with a message, where Triton is missing).
 rel_err: against ``qkernels.reference.scaled_mm`` on the same quantised inputs
@@ -20,9 +20,9 @@ from typing import List, Optional
 
 import torch
 
-from bench._common import FP8, dtype_name, quantize_activations, quantize_weight, random_weight, unavailable
-from qkernels.testing.results import gemm_bytes
-from qkernels.testing.shapes import LinearShape
+from qkernels.bench.entries._common import FP8, dtype_name, quantize_activations, quantize_weight, random_weight, unavailable
+from qkernels.bench.results import gemm_bytes
+from qkernels.bench.shapes import LinearShape
 
 NAME = "scaled_mm"
 GEMM = True
@@ -81,7 +81,7 @@ def run(ctx, st: _State, M: int) -> List[dict]:
     rows = [ctx.row(impl="qkernels", dtypes=dtypes, timing=ctx.time(gemm), rel_err=err, **common)]
     if not ctx.peers:
         return rows
-    from bench.triton_peer import triton_scaled_mm
+    from qkernels.bench.triton_peer import triton_scaled_mm
 
     tri = lambda: triton_scaled_mm(a, st.b, a_s, st.b_scales, torch.bfloat16)
     rows += ctx.peer_rows("triton_scaled_mm", tri, dtypes=dtypes, **common)

@@ -17,9 +17,9 @@ from typing import List, Optional
 
 import torch
 
-from bench._common import unavailable
-from qkernels.testing.results import gemm_bytes
-from qkernels.testing.shapes import LinearShape
+from qkernels.bench.entries._common import unavailable
+from qkernels.bench.results import gemm_bytes
+from qkernels.bench.shapes import LinearShape
 
 NAME = "w4a16"
 GEMM = True

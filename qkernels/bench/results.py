@@ -151,7 +151,7 @@ def make_row(*, family: str, impl: str, shape, M: int, dtypes: Dict[str, str], v
              rel_err: Optional[float] = None, timing: Optional[str] = None) -> Dict[str, Any]:
     """A row with the derived fields (tflops, gbps) computed; ``speedup_vs_bf16`` is filled by the suite.
 
-    ``shape`` is a :class:`~qkernels.testing.shapes.LinearShape` (its ``N`` may be None
+    ``shape`` is a :class:`~qkernels.bench.shapes.LinearShape` (its ``N`` may be None
     for element-wise ops); ``flops`` is the dense-equivalent 2*M*N*K (None for
     element-wise ops); ``nbytes`` the minimum bytes moved (inputs read once, outputs
     written once).

@@ -24,11 +24,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .numerics import rel_err
+from ..testing.numerics import rel_err
 from .progress import Progress
 from .results import ResultsWriter, make_row
 from .shapes import LinearShape
-from .timing import Timer, Timing
+from ..testing.timing import Timer, Timing
 
 REL_ERR_ROWS = 256
 """rel_err is computed on the first min(M, 256) rows of the output (rows are independent
@@ -57,7 +57,7 @@ class BenchContext:
         return rel_err(out, ref)
 
     def row(self, *, timing: Timing, **kw) -> Dict[str, Any]:
-        """:func:`~qkernels.testing.results.make_row` with the time taken from ``timing``."""
+        """:func:`~qkernels.bench.results.make_row` with the time taken from ``timing``."""
         return make_row(time_us=timing.median_us, timing=timing.method, **kw)
 
     def peer_rows(self, impl: str, fn: Callable[[], Any], **kw) -> List[Dict[str, Any]]:

@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import torch
 
-from bench._common import FP8, prune_24, quantize_activations, quantize_weight, random_weight, unavailable
-from qkernels.testing.results import gemm_bytes
-from qkernels.testing.shapes import LinearShape
+from qkernels.bench.entries._common import FP8, prune_24, quantize_activations, quantize_weight, random_weight, unavailable
+from qkernels.bench.results import gemm_bytes
+from qkernels.bench.shapes import LinearShape
 
 NAME = "sparse24"
 GEMM = True

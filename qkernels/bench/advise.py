@@ -2,7 +2,7 @@
 
 Grounded in benchmark rows (a run of this GPU, or the committed runs under
 ``bench/results/<gpu>/``): for every batch size the model-level estimate
-(:mod:`qkernels.testing.model_estimate`) of a decode step and of a prefill is
+(:mod:`qkernels.bench.model_estimate`) of a decode step and of a prefill is
 computed per scheme and the fastest is named, with its speedup over BF16. Speed
 is half the answer, so the quality and hardware caveats of each scheme follow.
 """

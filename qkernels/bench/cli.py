@@ -2,7 +2,7 @@
 
 ``main_bench(argv)`` / ``main_advise(argv)`` take the arguments after the
 subcommand and return an exit code; ``quick_main()`` is the README's main job on a
-GPU. The benchmark entries live in ``bench/`` of the source tree (``bench/README.md``).
+GPU. The per-family benchmark entries live in :mod:`qkernels.bench.entries` (``bench/README.md``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,16 @@ NO_GPU_MESSAGE = (
     "  * Here you can still read committed results: `qkernels advise --gpu h100-sxm --model llama-3.1-8b`\n"
     "    and regenerate a summary: `qkernels bench --summarize bench/results/<gpu>`."
 )
-RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+
+def _results_dir() -> Path:
+    """Where results live: ``bench/results/`` of a source checkout (the committed runs), or
+    ``./qkernels-results/`` of the working directory for an installed package."""
+    checkout = REPO_ROOT / "bench" / "results"
+    return checkout if checkout.is_dir() else Path.cwd() / "qkernels-results"
+
+
+RESULTS_DIR = _results_dir()
 QUICK_MODEL = "llama-3.1-8b"
 ESTIMATE_BATCHES = (1, 16, 64)
 
@@ -41,15 +50,10 @@ def _int_list(text: str) -> List[int]:
 
 
 def _entries_module():
-    """The ``bench`` package of the source tree (entries are not installed with the wheel)."""
-    if str(REPO_ROOT) not in sys.path and (REPO_ROOT / "bench" / "__init__.py").exists():
-        sys.path.insert(0, str(REPO_ROOT))
-    try:
-        import bench
-    except ImportError:
-        raise RuntimeError(f"benchmark entries not found (expected {REPO_ROOT / 'bench'}): "
-                           "`qkernels bench` runs from a source checkout (pip install -e .).") from None
-    return bench
+    """The package of the per-family benchmark entries (:mod:`qkernels.bench.entries`)."""
+    from . import entries
+
+    return entries
 
 
 def bench_parser() -> argparse.ArgumentParser:

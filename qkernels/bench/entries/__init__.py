@@ -1,7 +1,7 @@
-"""Benchmark entries, one module per kernel family (``bench/<family>.py``).
+"""Benchmark entries, one module per kernel family (``qkernels/bench/entries/<family>.py``).
 
-Run them with ``qkernels bench`` (or ``python -m bench``); the sweep, timing,
-baselines and output files live in ``qkernels.testing`` (see ``bench/README.md``).
+Run them with ``qkernels bench`` (or ``python -m qkernels.bench``); the sweep, timing,
+baselines and output files live in ``qkernels.bench`` (see ``bench/README.md``).
 """
 from __future__ import annotations
 
