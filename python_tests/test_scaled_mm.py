@@ -280,6 +280,23 @@ def test_supports_follows_the_build(monkeypatch):
     assert not S.supports(80, INT8)
 
 
+def test_forced_arch_paths_follow_the_build(monkeypatch):
+    """Which older-arch paths the GPU tests force on an H100: the sm_90 code of a
+    QKERNELS_SASS_FOR=90 build runs there (and only there); a plain sm_80 cubin does not; PTX does."""
+    monkeypatch.setattr(_loader, "library_path", "/fake/lib.so")
+    sass = {"groups": {"scaled_mm": {"SM80": ["90"], "SM90": ["90a"]}}, "retargeted": {"scaled_mm": {"SM80": "80"}}}
+    monkeypatch.setattr(_loader, "build_info", {"built": True, "ptx": False, **sass})
+    assert _group_runs_here("SM80", 90) and _group_runs_here("SM90", 90)
+    assert not _group_runs_here("SM80", 80) and not _group_runs_here("SM90", 100) and not _group_runs_here("SM75", 90)
+    assert not S.supports(80, INT8), "sm_90 machine code does not run on an sm_80 GPU"
+    monkeypatch.setattr(_loader, "build_info", {"built": True, "ptx": False, "groups": {"scaled_mm": {"SM80": ["80"]}}})
+    assert _group_runs_here("SM80", 86) and not _group_runs_here("SM80", 90)
+    monkeypatch.setattr(_loader, "build_info", {"built": True, "ptx": True, "groups": {"scaled_mm": {"SM80": ["80"]}}})
+    assert _group_runs_here("SM80", 90)
+    monkeypatch.setattr(_loader, "library_path", None)
+    assert not _group_runs_here("SM80", 90)
+
+
 def test_supports_on_this_install():
     built = _loader.build_info.get("groups", {}).get("scaled_mm", {})
     assert S.supports(90, FP8) == ("SM90" in built and _loader.library_path is not None)
@@ -302,14 +319,22 @@ def test_generated_kernel_files_are_up_to_date():
 
 
 def test_header_glue_and_generator_name_the_same_kernels():
-    names = {e[1] for e in _generate().KERNELS}
+    gen = _generate()
+    names = {e[1] for e in gen.KERNELS}
+    inc = open(os.path.join(KERNEL_DIR, "kernels", "kernels.inc")).read()
+    listed = set(re.findall(r"X\((\w+), k\w+Params\)", inc))
+    assert listed == names, f"kernels.inc vs generate.py: {listed ^ names}"
     header = open(os.path.join(KERNEL_DIR, "scaled_mm.h")).read()
-    declared = set(re.findall(r"^QK_SCALED_MM_KERNEL\((\w+)\)", header, re.M))
+    assert "QK_SCALED_MM_KERNELS_ALL(QK_SCALED_MM_DECLARE)" in header, "scaled_mm.h declares the generated list"
     glue = open(os.path.join(KERNEL_DIR, "scaled_mm_torch.cpp")).read()
-    dispatched = set(re.findall(r"&(sm\d+_\w+)\}", glue))
-    assert declared == names, f"scaled_mm.h vs generate.py: {declared ^ names}"
-    assert dispatched == names, f"dispatch tables vs generate.py: {dispatched ^ names}"
-    for group, name, *_ in _generate().KERNELS:
+    for key in gen.keys():  # each key registers the generated candidate list of its group
+        assert f"{gen.macro(key)}(QK_SMM_CANDIDATE)" in glue, key
+    defaults = set(re.findall(r"&(sm\d+_\w+)\}", glue))  # the compiled-in default tables
+    assert defaults <= names, f"default tables name kernels generate.py does not declare: {defaults - names}"
+    for key, entries in gen.keys().items():  # every key has a default; a default serves its own key
+        mine = {e[1] for e in entries}
+        assert defaults & mine, f"{key} has no compiled-in default"
+    for group, name, *_ in gen.KERNELS:
         assert name.startswith(group.lower() + "_"), f"{name}: sources.cmake globs files by their group prefix"
 
 
@@ -322,14 +347,30 @@ def _native_arch():
     return 10 * major + minor
 
 
+def _group_runs_here(group, native=None):
+    """True if this build's ``group`` kernels can run on this GPU: machine code for it (a cubin
+    of the same major arch and a minor <= this GPU's; ``sm_90a`` only on sm_90; the sm_90 code of a
+    ``QKERNELS_SASS_FOR=90`` build), or PTX the driver can JIT (``QKERNELS_PTX=1``)."""
+    archs = _loader.build_info.get("groups", {}).get("scaled_mm", {}).get(group, [])
+    if not archs or _loader.library_path is None:
+        return False
+    if _loader.build_info.get("ptx"):
+        return True
+    native = native or _native_arch()
+    for a in archs:
+        num = int(a.rstrip("a"))
+        if (num == native) if a.endswith("a") else (num // 10 == native // 10 and num <= native):
+            return True
+    return False
+
+
 def _arch_paths():
     """(label, forced arch or None): the native path plus every older arch path this build
-    can run on this GPU through PTX (QKERNELS_FORCE_ARCH)."""
+    can run on this GPU (QKERNELS_FORCE_ARCH; built with QKERNELS_SASS_FOR=90 or with PTX)."""
     paths = [("native", None)]
-    if torch.cuda.is_available() and _loader.build_info.get("ptx"):
-        groups = _loader.build_info.get("groups", {}).get("scaled_mm", {})
+    if torch.cuda.is_available():
         for arch, group in ((75, "SM75"), (80, "SM80"), (89, "SM89")):
-            if group in groups and arch < _native_arch():
+            if arch < _native_arch() and _group_runs_here(group):
                 paths.append((f"sm{arch}", arch))
     return paths
 
@@ -352,9 +393,14 @@ def forced_arch(arch):
 def _need(arch, dtype):
     if not torch.cuda.is_available():
         pytest.skip("no GPU")
-    cap = arch or _native_arch()
-    if not S.supports(cap, dtype):
-        pytest.skip(f"this build has no {dtype} kernels for sm_{cap} (`qkernels info`)")
+    if arch is None:
+        if not S.supports(_native_arch(), dtype):
+            pytest.skip(f"this build has no {dtype} kernels for sm_{_native_arch()} (`qkernels info`)")
+        return
+    group = S.kernel_group(arch, dtype)
+    if group is None or not _group_runs_here(group):
+        pytest.skip(f"this build has no {dtype} kernels of the sm_{arch} path that run on this GPU "
+                    "(build with QKERNELS_SASS_FOR=90 or QKERNELS_PTX=1; `qkernels info`)")
 
 
 ARCH_PATHS = _arch_paths() if torch.cuda.is_available() else [("native", None)]

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "core/cuda_utils.h"
+#include "scaled_mm/kernels/kernels.inc"
 
 namespace qk::scaled_mm {
 
@@ -36,11 +37,12 @@ struct GemmArgs {
   const int32_t* azp;       // azp kernels: [m], or null (per-tensor zero point folded into azp_adj)
   int64_t m, n, k;
   int sm_count;              // SMs of the device (persistent / stream-K kernels)
+  TileSchedulerArgs scheduler;  // sm90 kernels: the dispatch table's run-time scheduler arguments
 };
 
 // One compiled GEMM (a tile configuration, for one arch, operand dtype and epilogue),
-// serving both output dtypes. Defined by one kernels/*.cu file each; the glue holds
-// them in per-arch dispatch tables (M bucket -> kernel).
+// serving both output dtypes. Defined by one kernels/*.cu file each; the glue registers them
+// as candidates of their dispatch key (core/dispatch.h: M bucket -> kernel + params).
 struct Kernel {
   const char* name;                                              // e.g. "sm90_fp8_m16"
   const char* config;                                            // tile / schedule, for humans
@@ -49,38 +51,11 @@ struct Kernel {
                                                                  // CUTLASS's can_implement said no
 };
 
-// The kernels. Names: <arch>_<dtype>[_azp]_<bucket>. Which exist in a build depends on the
-// kernel groups compiled (csrc/scaled_mm/sources.cmake, QK_SCALED_MM_<GROUP> macros).
-#define QK_SCALED_MM_KERNEL(name) extern const Kernel name;
-// sm75 (Turing) INT8, CUTLASS 2.x
-QK_SCALED_MM_KERNEL(sm75_int8_small)
-QK_SCALED_MM_KERNEL(sm75_int8_large)
-QK_SCALED_MM_KERNEL(sm75_int8_azp_all)
-// sm80 (Ampere; also sm86, sm89) INT8, CUTLASS 2.x multistage
-QK_SCALED_MM_KERNEL(sm80_int8_m16)
-QK_SCALED_MM_KERNEL(sm80_int8_m64)
-QK_SCALED_MM_KERNEL(sm80_int8_m128)
-QK_SCALED_MM_KERNEL(sm80_int8_large)
-QK_SCALED_MM_KERNEL(sm80_int8_azp_small)
-QK_SCALED_MM_KERNEL(sm80_int8_azp_large)
-// sm89 (Ada) FP8, CUTLASS 2.x multistage
-QK_SCALED_MM_KERNEL(sm89_fp8_m16)
-QK_SCALED_MM_KERNEL(sm89_fp8_m64)
-QK_SCALED_MM_KERNEL(sm89_fp8_m128)
-QK_SCALED_MM_KERNEL(sm89_fp8_large)
-// sm90a (Hopper) FP8 and INT8, CUTLASS 3.x TMA warp-specialized
-QK_SCALED_MM_KERNEL(sm90_fp8_m16)
-QK_SCALED_MM_KERNEL(sm90_fp8_m64)
-QK_SCALED_MM_KERNEL(sm90_fp8_m128)
-QK_SCALED_MM_KERNEL(sm90_fp8_m1024)
-QK_SCALED_MM_KERNEL(sm90_fp8_large)
-QK_SCALED_MM_KERNEL(sm90_int8_m16)
-QK_SCALED_MM_KERNEL(sm90_int8_m64)
-QK_SCALED_MM_KERNEL(sm90_int8_m128)
-QK_SCALED_MM_KERNEL(sm90_int8_m1024)
-QK_SCALED_MM_KERNEL(sm90_int8_large)
-QK_SCALED_MM_KERNEL(sm90_int8_azp_small)
-QK_SCALED_MM_KERNEL(sm90_int8_azp_large)
-#undef QK_SCALED_MM_KERNEL
+// The kernels, declared from the list that kernels/generate.py writes (kernels.inc: per dispatch
+// key, X(name, params)). Names: <arch>_<dtype>[_azp]_<config>. Which exist in a build depends on
+// the kernel groups compiled (csrc/scaled_mm/sources.cmake, QK_SCALED_MM_<GROUP> macros).
+#define QK_SCALED_MM_DECLARE(name, params) extern const Kernel name;
+QK_SCALED_MM_KERNELS_ALL(QK_SCALED_MM_DECLARE)
+#undef QK_SCALED_MM_DECLARE
 
 }  // namespace qk::scaled_mm

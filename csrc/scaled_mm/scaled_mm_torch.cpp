@@ -1,14 +1,14 @@
 // Torch glue of the W8A8 scaled GEMM ops, read top to bottom:
-//   checks -> arch -> operand dtype / epilogue (a dispatch table) -> M bucket -> kernel.
+//   checks -> arch -> operand dtype / epilogue (a dispatch key) -> M bucket (its table) -> kernel.
 // Scale granularity (per tensor / token / channel) is a run-time argument of every kernel.
 // Schemas: qkernels/ops/schemas.py. Kernels: kernels/*.cu (list: kernels/generate.py).
 #include <ATen/ops/empty.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <string>
 
+#include "core/dispatch.h"
 #include "core/torch_utils.h"
 #include "scaled_mm/scaled_mm.h"
 
@@ -16,53 +16,73 @@ namespace qk::scaled_mm {
 namespace {
 
 // ----------------------------------------------------------------- dispatch tables
-// M bucket -> kernel, smallest bucket first. Tile configs: kernels/c2x_configs.cuh and
-// kernels/c3x_configs.cuh; README.md explains the choices.
-struct Bucket {
-  int64_t max_m;
-  const Kernel* kernel;
-};
-struct Table {
-  const Bucket* buckets;
-  int size;
-};
-template <int N>
-constexpr Table table(const Bucket (&b)[N]) {
-  return {b, N};
+// One dispatch key per (kernel group, operand dtype, epilogue): its candidates are every kernel
+// kernels/generate.py declares for it (kernels.inc), its compiled-in default table below
+// (M bucket -> kernel, smallest bucket first; tile configs in kernels/c2x_configs.cuh and
+// kernels/c3x_configs.cuh, README.md explains the choices). A per-GPU config
+// (qkernels/configs/<gpu>.json, applied at first CUDA use) may replace a key's table at run time.
+using dispatch::DefaultBucket;
+using dispatch::kAnyM;
+using dispatch::Key;
+
+#define QK_SMM_CANDIDATE(k, params) dispatch::Candidate{#k, k.config, &k, dispatch::params},
+
+Key& add_key(const char* name, const char* doc, std::vector<dispatch::Candidate> candidates,
+             std::vector<DefaultBucket> defaults, bool sm90) {
+  return dispatch::add_key(name, doc, sm90 ? dispatch::sm90_scheduler_params() : std::vector<dispatch::Param>{},
+                           std::move(candidates), defaults);
 }
-constexpr int64_t kAnyM = std::numeric_limits<int64_t>::max();
 
 #if defined(QK_SCALED_MM_SM75)
-constexpr Bucket kSm75Int8[] = {{32, &sm75_int8_small}, {kAnyM, &sm75_int8_large}};
-constexpr Bucket kSm75Int8Azp[] = {{kAnyM, &sm75_int8_azp_all}};
+Key& kSm75Int8 = add_key("scaled_mm/sm75/int8", "INT8 W8A8, CUTLASS 2.x sm75",
+                         {QK_SCALED_MM_KERNELS_SM75_INT8(QK_SMM_CANDIDATE)},
+                         {{32, &sm75_int8_small}, {kAnyM, &sm75_int8_large}}, false);
+Key& kSm75Int8Azp = add_key("scaled_mm/sm75/int8_azp", "INT8 W8A8 + zero point, CUTLASS 2.x sm75",
+                            {QK_SCALED_MM_KERNELS_SM75_INT8_AZP(QK_SMM_CANDIDATE)},
+                            {{kAnyM, &sm75_int8_azp_all}}, false);
 #endif
 #if defined(QK_SCALED_MM_SM80)
-constexpr Bucket kSm80Int8[] = {
-    {16, &sm80_int8_m16}, {64, &sm80_int8_m64}, {128, &sm80_int8_m128}, {kAnyM, &sm80_int8_large}};
-constexpr Bucket kSm80Int8Azp[] = {{64, &sm80_int8_azp_small}, {kAnyM, &sm80_int8_azp_large}};
+Key& kSm80Int8 = add_key("scaled_mm/sm80/int8", "INT8 W8A8, CUTLASS 2.x sm80 (also sm86/sm89 GPUs)",
+                         {QK_SCALED_MM_KERNELS_SM80_INT8(QK_SMM_CANDIDATE)},
+                         {{16, &sm80_int8_m16}, {64, &sm80_int8_m64}, {128, &sm80_int8_m128}, {kAnyM, &sm80_int8_large}},
+                         false);
+Key& kSm80Int8Azp = add_key("scaled_mm/sm80/int8_azp", "INT8 W8A8 + zero point, CUTLASS 2.x sm80",
+                            {QK_SCALED_MM_KERNELS_SM80_INT8_AZP(QK_SMM_CANDIDATE)},
+                            {{64, &sm80_int8_azp_small}, {kAnyM, &sm80_int8_azp_large}}, false);
 #endif
 #if defined(QK_SCALED_MM_SM89)
-constexpr Bucket kSm89Fp8[] = {
-    {16, &sm89_fp8_m16}, {64, &sm89_fp8_m64}, {128, &sm89_fp8_m128}, {kAnyM, &sm89_fp8_large}};
+Key& kSm89Fp8 = add_key("scaled_mm/sm89/fp8", "FP8 e4m3 W8A8, CUTLASS 2.x sm89",
+                        {QK_SCALED_MM_KERNELS_SM89_FP8(QK_SMM_CANDIDATE)},
+                        {{16, &sm89_fp8_m16}, {64, &sm89_fp8_m64}, {128, &sm89_fp8_m128}, {kAnyM, &sm89_fp8_large}},
+                        false);
 #endif
 #if defined(QK_SCALED_MM_SM90)
-constexpr Bucket kSm90Fp8[] = {{16, &sm90_fp8_m16},     {64, &sm90_fp8_m64},    {128, &sm90_fp8_m128},
-                               {1024, &sm90_fp8_m1024}, {kAnyM, &sm90_fp8_large}};
-constexpr Bucket kSm90Int8[] = {{16, &sm90_int8_m16},     {64, &sm90_int8_m64},    {128, &sm90_int8_m128},
-                                {1024, &sm90_int8_m1024}, {kAnyM, &sm90_int8_large}};
-constexpr Bucket kSm90Int8Azp[] = {{64, &sm90_int8_azp_small}, {kAnyM, &sm90_int8_azp_large}};
+Key& kSm90Fp8 = add_key("scaled_mm/sm90/fp8", "FP8 e4m3 W8A8, CUTLASS 3.x sm90a",
+                        {QK_SCALED_MM_KERNELS_SM90_FP8(QK_SMM_CANDIDATE)},
+                        {{16, &sm90_fp8_m16}, {64, &sm90_fp8_m64}, {128, &sm90_fp8_m128}, {1024, &sm90_fp8_m1024},
+                         {kAnyM, &sm90_fp8_large}},
+                        true);
+Key& kSm90Int8 = add_key("scaled_mm/sm90/int8", "INT8 W8A8, CUTLASS 3.x sm90a",
+                         {QK_SCALED_MM_KERNELS_SM90_INT8(QK_SMM_CANDIDATE)},
+                         {{16, &sm90_int8_m16}, {64, &sm90_int8_m64}, {128, &sm90_int8_m128}, {1024, &sm90_int8_m1024},
+                          {kAnyM, &sm90_int8_large}},
+                         true);
+Key& kSm90Int8Azp = add_key("scaled_mm/sm90/int8_azp", "INT8 W8A8 + zero point, CUTLASS 3.x sm90a",
+                            {QK_SCALED_MM_KERNELS_SM90_INT8_AZP(QK_SMM_CANDIDATE)},
+                            {{64, &sm90_int8_azp_small}, {kAnyM, &sm90_int8_azp_large}}, true);
 #endif
+#undef QK_SMM_CANDIDATE
 
 const char* kRebuild =
     "rebuild with QKERNELS_CUDA_ARCHS including this GPU's arch (see `qkernels info` for what was built)";
 
-// The table for (arch, operand dtype, epilogue), or an error that names the arch and what
-// runs there. Mirrors qkernels/ops/scaled_mm.py:kernel_group.
-Table select_table(const char* op, int arch, bool fp8, bool azp) {
+// The dispatch key for (arch, operand dtype, epilogue), or an error that names the arch and
+// what runs there. Mirrors qkernels/ops/scaled_mm.py:kernel_group.
+const Key& select_key(const char* op, int arch, bool fp8, bool azp) {
   const char* dt = fp8 ? "FP8 (float8_e4m3fn)" : "INT8";
   if (arch == 90) {
 #if defined(QK_SCALED_MM_SM90)
-    return fp8 ? table(kSm90Fp8) : (azp ? table(kSm90Int8Azp) : table(kSm90Int8));
+    return fp8 ? kSm90Fp8 : (azp ? kSm90Int8Azp : kSm90Int8);
 #else
     TORCH_CHECK(false, "qkernels.", op, ": this install has no sm_90a kernels for the ", dt, " GEMM on this sm_90 GPU: ",
                 kRebuild, ".");
@@ -74,7 +94,7 @@ Table select_table(const char* op, int arch, bool fp8, bool azp) {
                 arch >= 75 ? ", where the INT8 GEMM runs: use an INT8 W8A8 or a W4A16 checkpoint instead."
                            : ", which has no INT8 tensor cores either (sm_75+): the CPU reference runs on CPU tensors.");
 #if defined(QK_SCALED_MM_SM89)
-    return table(kSm89Fp8);
+    return kSm89Fp8;
 #else
     TORCH_CHECK(false, "qkernels.", op, ": this install has no sm_89 FP8 kernels (GPU is sm_", arch, "): ", kRebuild,
                 ".");
@@ -84,24 +104,17 @@ Table select_table(const char* op, int arch, bool fp8, bool azp) {
               "is sm_", arch, ". The CPU reference runs on CPU tensors.");
   if (arch >= 80) {
 #if defined(QK_SCALED_MM_SM80)
-    return azp ? table(kSm80Int8Azp) : table(kSm80Int8);
+    return azp ? kSm80Int8Azp : kSm80Int8;
 #else
     TORCH_CHECK(false, "qkernels.", op, ": this install has no sm_80 INT8 kernels (GPU is sm_", arch, "): ", kRebuild,
                 ".");
 #endif
   }
 #if defined(QK_SCALED_MM_SM75)
-  return azp ? table(kSm75Int8Azp) : table(kSm75Int8);
+  return azp ? kSm75Int8Azp : kSm75Int8;
 #else
   TORCH_CHECK(false, "qkernels.", op, ": this install has no sm_75 INT8 kernels (GPU is sm_", arch, "): ", kRebuild, ".");
 #endif
-}
-
-const Kernel* pick(const Table& t, int64_t m) {
-  for (int i = 0; i < t.size; ++i) {
-    if (m <= t.buckets[i].max_m) return t.buckets[i].kernel;
-  }
-  return t.buckets[t.size - 1].kernel;
 }
 
 // ----------------------------------------------------------------- checks
@@ -182,9 +195,9 @@ void run_gemm(const char* op, at::Tensor& out, const at::Tensor& a, const at::Te
   }
   const c10::cuda::CUDAGuard guard(a.device());
 
-  // ---- arch -> dtype / epilogue -> table (raises with what runs here when there is none)
+  // ---- arch -> dtype / epilogue -> dispatch key (raises with what runs here when there is none)
   const int arch = device_arch(a);
-  const Table t = select_table(op, arch, fp8, with_azp);
+  const Key& key = select_key(op, arch, fp8, with_azp);
   if (p.m == 0 || p.n == 0) return;
 
   GemmArgs args{};
@@ -206,16 +219,20 @@ void run_gemm(const char* op, at::Tensor& out, const at::Tensor& a, const at::Te
   args.k = p.k;
   args.sm_count = sm_count(a.get_device());
 
-  // ---- M bucket -> kernel. The workspace (stream-K partials) comes from torch's caching
-  // allocator; nothing here synchronises with the host: CUDA-graph safe.
-  const Kernel* kernel = pick(t, p.m);
+  // ---- M bucket -> kernel + scheduler params: the key's active table (compiled-in default or a
+  // per-GPU config), read at call time. The workspace (stream-K partials) comes from torch's
+  // caching allocator; nothing here synchronises with the host: CUDA-graph safe.
+  const dispatch::Bucket& bucket = key.pick(p.m);
+  const Kernel* kernel = &key.kernel<Kernel>(bucket);
+  if (!key.params().empty()) args.scheduler = dispatch::sm90_scheduler_args(bucket);
   const size_t ws_bytes = kernel->workspace_size(args);
   at::Tensor ws;
   if (ws_bytes > 0) ws = at::empty({static_cast<int64_t>(ws_bytes)}, a.options().dtype(at::kByte));
   const cudaError_t err = kernel->run(args, ws_bytes > 0 ? ws.data_ptr() : nullptr, stream_of(a));
   TORCH_CHECK(err != cudaErrorNotSupported, "qkernels.", op, ": kernel ", kernel->name, " (", kernel->config,
-              ") cannot run M=", p.m, " N=", p.n, " K=", p.k, " with strides a ", a.strides(), ", b ", b.strides(),
-              " (CUTLASS can_implement failed). Please report this with the shapes.");
+              ", dispatch key ", key.name(), ") cannot run M=", p.m, " N=", p.n, " K=", p.k, " with strides a ",
+              a.strides(), ", b ", b.strides(), " (CUTLASS can_implement failed). If a config file chose this kernel "
+              "(`qkernels info`), set QKERNELS_CONFIGS=default to rule it out; please report this with the shapes.");
   TORCH_CHECK(err == cudaSuccess, "qkernels.", op, ": kernel ", kernel->name, " failed: ", cudaGetErrorString(err),
               ". If it says 'no kernel image', this build lacks code for sm_", arch, ": ", kRebuild, ".");
 }

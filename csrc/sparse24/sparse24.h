@@ -41,20 +41,22 @@ struct GemmArgs {
   DType out_dtype;           // kBFloat16 or kFloat16
   int64_t m, n, k;
   int sm_count;              // SMs of the device (persistent kernels; 0: CUTLASS queries it)
+  TileSchedulerArgs scheduler;  // persistent kernels: the dispatch table's raster order / swizzle
 };
 
-// M buckets (tokens): each has its own tile config, see kernels/sparse24_configs.cuh.
-enum class MBucket : int { kUpTo32 = 0, kUpTo128 = 1, kLarge = 2 };
-constexpr MBucket m_bucket(int64_t m) {
-  return m <= 32 ? MBucket::kUpTo32 : (m <= 128 ? MBucket::kUpTo128 : MBucket::kLarge);
-}
-
-// Per bucket (one kernel file each): the workspace bytes the CUTLASS kernel needs,
-// and the launch. `gemm` returns cudaErrorNotSupported when CUTLASS's can_implement
-// rejects the problem.
-template <MBucket B>
-size_t gemm_workspace_size(const GemmArgs& args);
-template <MBucket B>
-cudaError_t gemm(const GemmArgs& args, void* workspace, cudaStream_t stream);
+// One compiled sparse GEMM (a tile config of kernels/sparse24_configs.cuh, bf16 and fp16
+// output), defined by one kernels/gemm_*.cu each. The glue registers them as the candidates of
+// the dispatch key "sparse24/sm90/fp8" (core/dispatch.h): M bucket -> kernel + scheduler params.
+struct Kernel {
+  const char* name;                                              // e.g. "sparse24_m32"
+  const char* config;                                            // tile / schedule, for humans
+  size_t (*workspace_size)(const GemmArgs&);                     // bytes the CUTLASS kernel needs
+  cudaError_t (*run)(const GemmArgs&, void* workspace, cudaStream_t);  // cudaErrorNotSupported:
+                                                                 // CUTLASS's can_implement said no
+};
+extern const Kernel sparse24_m32;       // 64x32x256, TMA warp-specialized (not persistent)
+extern const Kernel sparse24_m128;      // 64x128x256, ping-pong
+extern const Kernel sparse24_large;     // 128x128x128, 2x1 cluster, cooperative
+extern const Kernel sparse24_large_k256;  // 128x128x256, 2x1 cluster, cooperative (tuner candidate)
 
 }  // namespace qk::sparse24

@@ -1,4 +1,5 @@
-// Torch glue of the 2:4 sparse FP8 ops: checks -> arch -> scale granularity -> M bucket.
+// Torch glue of the 2:4 sparse FP8 ops: checks -> arch -> scale granularity -> M bucket (the
+// dispatch key's table) -> kernel.
 // Schemas: qkernels/ops/schemas.py. Kernels: kernels/*.cu (see sparse24.h).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -6,11 +7,28 @@
 #include <cstdint>
 #include <tuple>
 
+#include "core/dispatch.h"
 #include "core/torch_utils.h"
 #include "sparse24/sparse24.h"
 
 namespace qk::sparse24 {
 namespace {
+
+// ---- dispatch key: M bucket (tokens) -> kernel + scheduler params. Candidates: every compiled
+// config (kernels/gemm_*.cu); default table below; a per-GPU config (qkernels/configs) may
+// replace it at run time (core/dispatch.h).
+#if defined(QK_SPARSE24_SM90)
+dispatch::Key& kSm90Fp8 = dispatch::add_key(
+    "sparse24/sm90/fp8", "2:4 sparse FP8 e4m3, CUTLASS 3.x sm90a (swapped: tile M = weight rows, tile N = tokens)",
+    dispatch::sm90_scheduler_params(),
+    {
+        {sparse24_m32.name, sparse24_m32.config, &sparse24_m32, dispatch::kNoParams},  // not persistent
+        {sparse24_m128.name, sparse24_m128.config, &sparse24_m128, dispatch::kPersistentParams},
+        {sparse24_large.name, sparse24_large.config, &sparse24_large, dispatch::kPersistentParams},
+        {sparse24_large_k256.name, sparse24_large_k256.config, &sparse24_large_k256, dispatch::kPersistentParams},
+    },
+    {{32, &sparse24_m32}, {128, &sparse24_m128}, {dispatch::kAnyM, &sparse24_large}});
+#endif
 
 constexpr const char* kDenseInstead =
     "use the dense FP8 GEMM (qkernels.ops.scaled_mm) on the decompressed weight "
@@ -133,18 +151,18 @@ at::Tensor sparse24_scaled_mm(const at::Tensor& a, const at::Tensor& values, con
   TORCH_CHECK(m <= INT32_MAX, "qkernels.", op, ": M = ", m, " rows is too many (max 2^31 - 1).");
   args.sm_count = sm_count(a.get_device());
 
-  // ---- M bucket -> config. The workspace comes from torch's caching allocator
-  // (CUDA-graph safe); no host synchronisation on this path.
-  const auto launch = [&](auto workspace_size, auto gemm_fn) {
-    auto ws = at::empty({static_cast<int64_t>(workspace_size(args))}, a.options().dtype(at::kByte));
-    QK_CHECK_LAUNCH("sparse24_scaled_mm", gemm_fn(args, ws.data_ptr(), stream_of(a)));
-  };
+  // ---- M bucket -> kernel + scheduler params (the key's active table, read at call time). The
+  // workspace comes from torch's caching allocator (CUDA-graph safe); no host synchronisation.
 #if defined(QK_SPARSE24_SM90)  // else check_arch has thrown
-  switch (m_bucket(m)) {
-    case MBucket::kUpTo32: launch(gemm_workspace_size<MBucket::kUpTo32>, gemm<MBucket::kUpTo32>); break;
-    case MBucket::kUpTo128: launch(gemm_workspace_size<MBucket::kUpTo128>, gemm<MBucket::kUpTo128>); break;
-    case MBucket::kLarge: launch(gemm_workspace_size<MBucket::kLarge>, gemm<MBucket::kLarge>); break;
-  }
+  const dispatch::Bucket& bucket = kSm90Fp8.pick(m);
+  const Kernel& kernel = kSm90Fp8.kernel<Kernel>(bucket);
+  args.scheduler = dispatch::sm90_scheduler_args(bucket);
+  auto ws = at::empty({static_cast<int64_t>(kernel.workspace_size(args))}, a.options().dtype(at::kByte));
+  const cudaError_t err = kernel.run(args, ws.data_ptr(), stream_of(a));
+  TORCH_CHECK(err != cudaErrorNotSupported, "qkernels.", op, ": kernel ", kernel.name, " (", kernel.config,
+              ") cannot run M=", m, " N=", n, " K=", k, " (CUTLASS can_implement failed). If a config file chose "
+              "this kernel (`qkernels info`), set QKERNELS_CONFIGS=default to rule it out; please report this.");
+  QK_CHECK_LAUNCH("sparse24_scaled_mm", err);
 #endif
   return out;
 }

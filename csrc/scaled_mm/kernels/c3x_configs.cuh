@@ -1,5 +1,6 @@
-// Tile configurations of the CUTLASS 3.x sm90a scaled GEMMs, as data (one struct per M
-// bucket). The dispatch tables in scaled_mm_torch.cpp map M buckets to them.
+// Tile configurations of the CUTLASS 3.x sm90a scaled GEMMs (one struct per compiled config;
+// kernels/generate.py instantiates them). The dispatch tables (compiled-in defaults in
+// scaled_mm_torch.cpp, replaceable by a per-GPU config: qkernels/configs) map M buckets to them.
 //
 // Small M (decode) is memory-bound on the weight. There the GEMM is computed swapped,
 // out^T [N, M] = W [N, K] . a^T, so that the weight's N fills the 64/128-row wgmma
@@ -60,6 +61,15 @@ struct Schedules<Schedule::kCooperative, kFp8> {
 struct ConfigM16 : Config<Shape<_128, _16, _256>, Shape<_1, _1, _1>, Schedule::kCooperative, true, true> {
   static constexpr const char* kDescription = "cutlass 3.x sm90, swap AB, tile 128x16x256, cooperative, stream-K";
 };
+// Candidate for M <= 16 (kernels/generate.py; chosen by a tuned config, not by default): the
+// same with TileK = 128, so stream-K can split K twice as finely. CUTLASS's stream-K scheduler
+// gives a unit no fewer than 8 k-tiles (min_iters_per_sk_unit_ = 8, cutlass/gemm/kernel/
+// tile_scheduler_params.h) and decomposes not at all when a tile has <= 8 k-tiles: at K = 4096
+// TileK 256 gives 16 k-tiles per output tile (at most 2 units per tile), TileK 128 gives 32
+// (up to 4). The split-K parameter of the table (`splits`) is the other way to split more.
+struct ConfigM16K128 : Config<Shape<_128, _16, _128>, Shape<_1, _1, _1>, Schedule::kCooperative, true, true> {
+  static constexpr const char* kDescription = "cutlass 3.x sm90, swap AB, tile 128x16x128, cooperative, stream-K";
+};
 // 16 < M <= 64: swapped, 128 weight rows x 64 tokens x 128 K, stream-K.
 struct ConfigM64 : Config<Shape<_128, _64, _128>, Shape<_1, _1, _1>, Schedule::kCooperative, true, true> {
   static constexpr const char* kDescription = "cutlass 3.x sm90, swap AB, tile 128x64x128, cooperative, stream-K";
@@ -75,6 +85,13 @@ struct ConfigM1024 : Config<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Schedule
 // M > 1024: compute-bound; 128x256 tiles, two consumer warpgroups of 64x256 each.
 struct ConfigLarge : Config<Shape<_128, _256, _128>, Shape<_2, _1, _1>, Schedule::kCooperative, false, false> {
   static constexpr const char* kDescription = "cutlass 3.x sm90, tile 128x256x128, cluster 2x1, cooperative";
+};
+
+// Candidate for large M (tuned configs): 256x128 cooperative, each consumer warpgroup a 128x128
+// half (CUTLASS profiler's other common large-M FP8 shape); beside ConfigLarge (128x256) and
+// ConfigM1024 (128x128 ping-pong), which the tuner also times on large M.
+struct ConfigLarge256x128 : Config<Shape<_256, _128, _128>, Shape<_2, _1, _1>, Schedule::kCooperative, false, false> {
+  static constexpr const char* kDescription = "cutlass 3.x sm90, tile 256x128x128, cluster 2x1, cooperative";
 };
 
 }  // namespace qk::scaled_mm::c3x

@@ -150,6 +150,7 @@ struct ScaledGemm {
         {static_cast<const ElementAB*>(ptr_a), stride_a, static_cast<const ElementAB*>(ptr_b), stride_b},
         {tree, nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d}};
     args.hw_info.sm_count = p.sm_count;
+    set_tile_scheduler(args, p.scheduler);  // the dispatch table's raster / swizzle / splits
     return args;
   }
 

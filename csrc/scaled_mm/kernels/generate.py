@@ -7,6 +7,13 @@ After editing, run ``python csrc/scaled_mm/kernels/generate.py`` and commit the 
 ``python_tests/test_scaled_mm.py`` checks the files are up to date, and
 ``csrc/scaled_mm/scaled_mm.h`` / ``sources.cmake`` / the glue's dispatch tables must
 name the same kernels (checked there too).
+
+It also writes ``kernels.inc``: per dispatch key (``scaled_mm/<group>/<operand>[_azp]``) an
+X-macro listing the key's kernels with the run-time parameters each takes. ``scaled_mm.h``
+declares every kernel from it and ``scaled_mm_torch.cpp`` registers each key's list as its
+candidates (core/dispatch.h), so a kernel added here is compiled, declared and selectable by
+a config (``qkernels/configs``) without another edit; only the compiled-in default tables in
+the glue name kernels by hand.
 """
 from __future__ import annotations
 
@@ -15,38 +22,71 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# (group, name, config, operand, azp). group = the kernel group of sources.cmake.
+# (group, name, config, operand, azp, scheduler). group = the kernel group of sources.cmake;
+# scheduler = the run-time parameters the kernel takes (core/dispatch.h): "none" (CUTLASS 2.x,
+# swizzle fixed at compile time), "persistent" (sm90 persistent scheduler: raster order and
+# swizzle), "streamk" (sm90 stream-K scheduler: raster, swizzle and the K decomposition).
 C2X = [  # CUTLASS 2.x
-    ("SM75", "sm75_int8_small", "Sm75Int8Small", "int8", False),
-    ("SM75", "sm75_int8_large", "Sm75Int8Large", "int8", False),
-    ("SM75", "sm75_int8_azp_all", "Sm75Int8Mid", "int8", True),
-    ("SM80", "sm80_int8_m16", "Sm80Int8M16", "int8", False),
-    ("SM80", "sm80_int8_m64", "Sm80Int8M64", "int8", False),
-    ("SM80", "sm80_int8_m128", "Sm80Int8M128", "int8", False),
-    ("SM80", "sm80_int8_large", "Sm80Int8Large", "int8", False),
-    ("SM80", "sm80_int8_azp_small", "Sm80Int8M64", "int8", True),
-    ("SM80", "sm80_int8_azp_large", "Sm80Int8Large", "int8", True),
-    ("SM89", "sm89_fp8_m16", "Sm89Fp8M16", "fp8", False),
-    ("SM89", "sm89_fp8_m64", "Sm89Fp8M64", "fp8", False),
-    ("SM89", "sm89_fp8_m128", "Sm89Fp8M128", "fp8", False),
-    ("SM89", "sm89_fp8_large", "Sm89Fp8Large", "fp8", False),
+    ("SM75", "sm75_int8_small", "Sm75Int8Small", "int8", False, "none"),
+    ("SM75", "sm75_int8_large", "Sm75Int8Large", "int8", False, "none"),
+    ("SM75", "sm75_int8_azp_all", "Sm75Int8Mid", "int8", True, "none"),
+    ("SM80", "sm80_int8_m16", "Sm80Int8M16", "int8", False, "none"),
+    ("SM80", "sm80_int8_m64", "Sm80Int8M64", "int8", False, "none"),
+    ("SM80", "sm80_int8_m128", "Sm80Int8M128", "int8", False, "none"),
+    ("SM80", "sm80_int8_large", "Sm80Int8Large", "int8", False, "none"),
+    ("SM80", "sm80_int8_azp_small", "Sm80Int8M64", "int8", True, "none"),
+    ("SM80", "sm80_int8_azp_large", "Sm80Int8Large", "int8", True, "none"),
+    ("SM89", "sm89_fp8_m16", "Sm89Fp8M16", "fp8", False, "none"),
+    ("SM89", "sm89_fp8_m64", "Sm89Fp8M64", "fp8", False, "none"),
+    ("SM89", "sm89_fp8_m128", "Sm89Fp8M128", "fp8", False, "none"),
+    ("SM89", "sm89_fp8_large", "Sm89Fp8Large", "fp8", False, "none"),
 ]
+# sm90a, by bucket name: (config of c3x_configs.cuh, scheduler). The first five are the
+# compiled-in defaults; m16_k128 and large_256x128 are candidates for the tuner (configs as data).
+C3X_CONFIGS = (
+    ("m16", "ConfigM16", "streamk"),
+    ("m16_k128", "ConfigM16K128", "streamk"),
+    ("m64", "ConfigM64", "streamk"),
+    ("m128", "ConfigM128", "persistent"),
+    ("m1024", "ConfigM1024", "persistent"),
+    ("large", "ConfigLarge", "persistent"),
+    ("large_256x128", "ConfigLarge256x128", "persistent"),
+)
 C3X = [  # CUTLASS 3.x, sm90a
-    ("SM90", f"sm90_{ab}_{bucket}", config, ab, False)
+    ("SM90", f"sm90_{ab}_{bucket}", config, ab, False, sched)
     for ab in ("fp8", "int8")
-    for bucket, config in (("m16", "ConfigM16"), ("m64", "ConfigM64"), ("m128", "ConfigM128"),
-                           ("m1024", "ConfigM1024"), ("large", "ConfigLarge"))
+    for bucket, config, sched in C3X_CONFIGS
 ] + [
-    ("SM90", "sm90_int8_azp_small", "ConfigM64", "int8", True),
-    ("SM90", "sm90_int8_azp_large", "ConfigM1024", "int8", True),
+    ("SM90", "sm90_int8_azp_small", "ConfigM64", "int8", True, "streamk"),
+    ("SM90", "sm90_int8_azp_large", "ConfigM1024", "int8", True, "persistent"),
 ]
 KERNELS = C2X + C3X
+PARAMS_MASK = {"none": "kNoParams", "persistent": "kPersistentParams", "streamk": "kStreamKParams"}
+
+
+def dispatch_key(entry) -> str:
+    """The dispatch key a kernel serves, e.g. ``scaled_mm/sm90/int8_azp``."""
+    group, _, _, ab, azp, _ = entry
+    return f"scaled_mm/{group.lower()}/{ab}{'_azp' if azp else ''}"
+
+
+def keys() -> dict:
+    """{dispatch key: [kernel entries]}, in declaration order."""
+    out: dict = {}
+    for e in KERNELS:
+        out.setdefault(dispatch_key(e), []).append(e)
+    return out
+
+
+def macro(key: str) -> str:
+    return "QK_SCALED_MM_KERNELS_" + key.split("/", 1)[1].replace("/", "_").upper()
+
 
 HEADER = "// Generated by csrc/scaled_mm/kernels/generate.py: do not edit. One kernel, both output dtypes.\n"
 
 
 def file_text(entry) -> str:
-    group, name, config, ab, azp = entry
+    group, name, config, ab, azp, _ = entry
     azp_s = "true" if azp else "false"
     if group == "SM90":
         return (HEADER + '#include "scaled_mm/kernels/c3x_gemm.cuh"\n\n'
@@ -55,13 +95,32 @@ def file_text(entry) -> str:
             f"QK_SCALED_MM_C2X_KERNEL({name}, {config}, {azp_s})\n")
 
 
+def inc_text() -> str:
+    lines = ["// Generated by csrc/scaled_mm/kernels/generate.py: do not edit.",
+             "// Per dispatch key: X(kernel, run-time params it takes: core/dispatch.h masks), declaration",
+             "// order. scaled_mm.h declares the kernels; scaled_mm_torch.cpp registers each list as its",
+             "// key's candidates (inside the key's QK_SCALED_MM_<GROUP> guard).",
+             "#pragma once", ""]
+    continued = lambda items: [f"  {it} \\" for it in items[:-1]] + [f"  {items[-1]}"]
+    for key, entries in keys().items():
+        lines.append(f"// {key}")
+        lines.append(f"#define {macro(key)}(X) \\")
+        lines += continued([f"X({e[1]}, {PARAMS_MASK[e[5]]})" for e in entries])
+        lines.append("")
+    lines.append("#define QK_SCALED_MM_KERNELS_ALL(X) \\")
+    lines += continued([f"{macro(key)}(X)" for key in keys()])
+    return "\n".join(lines) + "\n"
+
+
 def expected_files() -> dict:
-    return {f"{e[1]}.cu": file_text(e) for e in KERNELS}
+    files = {f"{e[1]}.cu": file_text(e) for e in KERNELS}
+    files["kernels.inc"] = inc_text()
+    return files
 
 
 def main(check: bool = False) -> int:
     want = expected_files()
-    have = {f for f in os.listdir(HERE) if f.endswith(".cu")}
+    have = {f for f in os.listdir(HERE) if f.endswith((".cu", ".inc"))}
     stale = [f for f, text in want.items()
              if f not in have or open(os.path.join(HERE, f)).read() != text]
     extra = sorted(have - set(want))

@@ -1,4 +1,4 @@
-// 2:4 sparse FP8 GEMM, M bucket kLarge (config in sparse24_configs.cuh): bf16 and fp16 output.
+// 2:4 sparse FP8 GEMM, kernel sparse24_large (config ConfigLarge in sparse24_configs.cuh): bf16 and fp16 output.
 #include "sparse24/kernels/sparse24_gemm.cuh"
 
-QK_SPARSE24_DEFINE_BUCKET(kLarge, ConfigLarge)
+QK_SPARSE24_KERNEL(sparse24_large, ConfigLarge)

@@ -1,4 +1,4 @@
-// 2:4 sparse FP8 GEMM, M bucket kUpTo128 (config in sparse24_configs.cuh): bf16 and fp16 output.
+// 2:4 sparse FP8 GEMM, kernel sparse24_m128 (config ConfigUpTo128 in sparse24_configs.cuh): bf16 and fp16 output.
 #include "sparse24/kernels/sparse24_gemm.cuh"
 
-QK_SPARSE24_DEFINE_BUCKET(kUpTo128, ConfigUpTo128)
+QK_SPARSE24_KERNEL(sparse24_m128, ConfigUpTo128)

@@ -1,4 +1,4 @@
-// 2:4 sparse FP8 GEMM, M bucket kUpTo32 (config in sparse24_configs.cuh): bf16 and fp16 output.
+// 2:4 sparse FP8 GEMM, kernel sparse24_m32 (config ConfigUpTo32 in sparse24_configs.cuh): bf16 and fp16 output.
 #include "sparse24/kernels/sparse24_gemm.cuh"
 
-QK_SPARSE24_DEFINE_BUCKET(kUpTo32, ConfigUpTo32)
+QK_SPARSE24_KERNEL(sparse24_m32, ConfigUpTo32)

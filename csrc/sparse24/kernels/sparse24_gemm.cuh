@@ -1,5 +1,5 @@
 // The CUTLASS 3.x sm90 2:4 sparse FP8 GEMM with the scale/bias epilogue, for one tile
-// config (sparse24_configs.cuh). Included by one kernels/gemm_*.cu per M bucket.
+// config (sparse24_configs.cuh). Included by one kernels/gemm_*.cu per config.
 //
 // D (N x M, column-major == out [M, N] row-major) = a_s[col] * (b_s[row] * acc) + bias[row]
 // A = compressed weight values [N, K/2] (+ metadata E), B = activations [M, K] (K-major).
@@ -85,6 +85,7 @@ struct SparseScaledGemm {
         {{},  // fusion arguments, below
          nullptr, stride_d, static_cast<ElementOut*>(p.out), stride_d}};
     args.hw_info.sm_count = p.sm_count;
+    set_tile_scheduler(args, p.scheduler);  // the dispatch table's raster / swizzle (persistent kernels)
     auto& f = args.epilogue.thread;
     f = {
         {p.a_scales, 0.f, {_0{}, p.a_per_token, int64_t(0)}},             // AScale (per column = token)
@@ -112,7 +113,7 @@ cudaError_t run_for(const GemmArgs& p, void* workspace, cudaStream_t stream) {
   return run_cutlass<typename G::Gemm>(G::arguments(p), workspace, stream);
 }
 
-// Out-dtype dispatch, shared by the per-bucket files.
+// Out-dtype dispatch, shared by the per-config files.
 template <class Config>
 size_t workspace_size(const GemmArgs& p) {
   return p.out_dtype == DType::kBFloat16 ? workspace_size_for<Config, cutlass::bfloat16_t>(p)
@@ -127,13 +128,8 @@ cudaError_t run(const GemmArgs& p, void* workspace, cudaStream_t stream) {
 
 }  // namespace qk::sparse24
 
-// Defines the bucket's entry points of sparse24.h for `Config`.
-#define QK_SPARSE24_DEFINE_BUCKET(BUCKET, CONFIG)                                                      \
-  namespace qk::sparse24 {                                                                             \
-  template <>                                                                                          \
-  size_t gemm_workspace_size<MBucket::BUCKET>(const GemmArgs& p) { return workspace_size<CONFIG>(p); } \
-  template <>                                                                                          \
-  cudaError_t gemm<MBucket::BUCKET>(const GemmArgs& p, void* workspace, cudaStream_t stream) {         \
-    return run<CONFIG>(p, workspace, stream);                                                          \
-  }                                                                                                    \
+// Defines `const Kernel NAME` (sparse24.h) for tile config CONFIG.
+#define QK_SPARSE24_KERNEL(NAME, CONFIG)                                                            \
+  namespace qk::sparse24 {                                                                          \
+  const Kernel NAME = {#NAME, CONFIG::kDescription, &workspace_size<CONFIG>, &run<CONFIG>};         \
   }
