@@ -268,9 +268,10 @@ def _need_cuda(*names):
 
 # M: decode sizes, odd sizes, each M bucket edge (16/32/48/64), several row slices
 GPU_MS = (1, 2, 7, 16, 17, 33, 48, 64, 65, 127, 200, 1024, 4096)
-# (N, K): one column tile with a long K (every block shares the tile: longest reduction chain),
-# Llama-like shapes, and N with more column tiles than SMs
-GPU_NK = ((64, 8192), (1024, 4096), (4096, 512), (14336, 256))
+# (N, K): one column tile with a long K (every block shares the tile: the most pieces per tile),
+# Llama-like shapes, N with more column tiles than SMs, K % 256 == 128 (a half last iteration
+# for M <= 16), and the small MoE expert shapes of qwen3-30b-a3b (fewer tiles than SMs: split-K)
+GPU_NK = ((64, 8192), (1024, 4096), (4096, 512), (14336, 256), (1024, 384), (2048, 768), (1536, 2048))
 
 
 def _gpu_vs_reference(m, n, k, dtype, group_size, asym, act_order, bias=False):
@@ -302,7 +303,7 @@ def test_gpu_repack_matches_reference_bit_exact(seed):
 def test_gpu_formats_and_group_sizes(dtype, asym, group_size, seed):
     _need_cuda("w4a16_repack", "w4a16_gemm")
     for m in (1, 33, 200):
-        _gpu_vs_reference(m, 1024, 1024, dtype, group_size, asym, act_order=False)
+        _gpu_vs_reference(m, 1024, 1152, dtype, group_size, asym, act_order=False)  # K % 256 == 128
 
 
 @pytest.mark.gpu
@@ -325,13 +326,41 @@ def test_gpu_all_m_and_shapes(m, seed):
 
 @pytest.mark.gpu
 def test_gpu_deterministic_and_leading_dims(seed):
-    """The stream-K reduction adds partial sums in a fixed order: repeated calls are bit-identical."""
+    """Shared tiles add their partial sums in piece order whichever block arrives last: repeated
+    calls are bit-identical, in every M bucket and in the stream-K, split-K and data-parallel
+    partitions (the schedule says which one each case uses)."""
     _need_cuda("w4a16_repack", "w4a16_gemm")
     out, x, w, b = _gpu_vs_reference(5, 64, 8192, torch.float16, 32, asym=True, act_order=True)
     for _ in range(3):
         assert torch.equal(W.gemm(x, w, b), out)
     out3 = W.gemm(x.view(5, 1, 8192), w, b)
     assert out3.shape == (5, 1, 64) and torch.equal(out3.view(5, 64), out)
+    for m, n, k in ((1, 4096, 4096), (16, 28672, 1024), (33, 4096, 4096), (64, 1536, 2048), (100, 2048, 4096)):
+        out, x, w, b = _gpu_vs_reference(m, n, k, torch.bfloat16, 128, asym=False, act_order=False, bias=True)
+        for _ in range(5):
+            assert torch.equal(W.gemm(x, w, b), out), (m, n, k)
+
+
+@pytest.mark.gpu
+def test_gpu_schedule_modes_match_reference(seed):
+    """One case per partition mode on this GPU's SM count, found from the schedule itself."""
+    _need_cuda("w4a16_repack", "w4a16_gemm")
+    try:
+        W.schedule(1, 64, 128, 1)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    seen = set()
+    for m in (1, 16, 40, 64, 130):
+        for n, k in ((64, 8192), (1536, 2048), (4096, 4096), (28672, 1024), (2048, 768)):
+            meta = W.schedule(m, n, k, sms).meta
+            mode = "data-parallel" if meta["iters"] == meta["k_tiles"] else (
+                "split-K" if meta["k_tiles"] % meta["iters"] == 0 else "stream-K")
+            if (mode, meta["m_blocks"]) in seen:
+                continue
+            seen.add((mode, meta["m_blocks"]))
+            _gpu_vs_reference(m, n, k, torch.float16, 64, asym=True, act_order=False, bias=True)
+    assert {"data-parallel", "stream-K"} <= {mode for mode, _ in seen}, seen
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
-// W4A16 GEMM: the plain C++ interface between the torch glue (w4a16_torch.cpp) and the
-// kernels (kernels/*.cu). The math and the layouts are specified by qkernels/reference/w4a16.py
-// and described in README.md.
+// W4A16 GEMM (sm80+ Marlin-style path): the plain C++ interface between the torch glue
+// (w4a16_torch.cpp) and the kernels (kernels/*.cu). The math and the layouts are specified by
+// qkernels/reference/w4a16.py and described in README.md; the block configuration and the work
+// partition by partition.h.
 //
 // All pointers are device pointers on `stream`, contiguous. Each launcher returns the launch's
 // cudaError_t.
@@ -9,32 +10,25 @@
 #include <cstdint>
 
 #include "core/cuda_utils.h"
+#include "w4a16/partition.h"
 
 namespace qk::w4a16 {
 
-inline constexpr int kTileN = 64;   // columns of one thread-block tile: N % 64 == 0
-inline constexpr int kTileK = 128;  // K per pipeline stage: K % 128 == 0
-inline constexpr int kSliceM = 64;  // rows per block; m <= kSliceM: stream-K, else tile mode (no split-K)
-
 struct GemmArgs {
-  const void* a;          // [m, k] activations (fp16/bf16), already permuted for act-order
-  const uint32_t* b;      // [k/16, 2n] tiled 4-bit weights (w4a16_repack)
-  const void* scales;     // [groups, n] in the activation dtype
+  const void* a;          // [m, k] activations (fp16/bf16), already permuted for act-order; 16-byte aligned
+  const uint32_t* b;      // [k/16, 2n] tiled 4-bit weights (w4a16_repack); 16-byte aligned
+  const void* scales;     // [groups, n] in the activation dtype; 16-byte aligned
   const void* zeros;      // [groups, n] zero-point nibbles in the activation dtype, or null (uint4b8)
   const void* bias;       // [n] in the activation dtype, or null
   void* c;                // [m, n] output, activation dtype
-  float* partials;        // stream-K workspace (m <= kSliceM): partials_floats(n) floats, any contents
-  int* locks;             // stream-K workspace (m <= kSliceM): n / kTileN ints, zero on entry (left zero)
-  int m, n, k;
+  float* workspace;       // part.workspace_floats() floats, any contents (null when 0)
+  int* counters;          // part.counters() ints, zero on entry; the kernel leaves them zero
   int group_size;         // 32, 64, 128, or k for per channel
-  int num_sms;            // thread blocks to spread the work over (one per SM)
+  Partition part;         // make_partition(m, n, k, num_sms): sizes, mode, grid
 };
 
-// Size of GemmArgs::partials: one fp32 kSliceM x kTileN tile per column tile.
-inline size_t partials_floats(int n) { return static_cast<size_t>(n / kTileN) * kSliceM * kTileN; }
-
 // out = a @ dequant(b) (+ bias). Explicitly instantiated for {kFloat16, kBFloat16} x {false, true}
-// in kernels/gemm_f16.cu and kernels/gemm_bf16.cu.
+// in kernels/gemm_{f16,bf16}_{sym,zp}.cu (the four M buckets each).
 template <DType kAct, bool kHasZeros>
 cudaError_t gemm(const GemmArgs& args, cudaStream_t stream);
 

@@ -37,6 +37,7 @@ void check_group_tensor(const char* name, const at::Tensor& t, const at::Tensor&
   TORCH_CHECK(t.dim() == 2 && t.size(0) == groups && t.size(1) == n, "qkernels.w4a16_gemm: ", name, " has shape ",
               t.sizes(), "; expected [G, N] = [", groups, ", ", n, "].");
   TORCH_CHECK(t.is_contiguous(), "qkernels.w4a16_gemm: ", name, " must be contiguous.");
+  check_aligned16("w4a16_gemm", name, t);  // read in 16-byte chunks (cp.async)
   TORCH_CHECK(t.device() == a.device(), "qkernels.w4a16_gemm: ", name, " is on ", t.device(), ", a on ", a.device(),
               ".");
 }
@@ -122,31 +123,31 @@ at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tens
   at::Tensor a_sorted = perm ? at::index_select(a, -1, *perm) : a;
   // cp.async moves 16-byte chunks: a view with a misaligned start is copied once.
   if (reinterpret_cast<uintptr_t>(a_sorted.data_ptr()) % 16 != 0) a_sorted = a_sorted.clone();
-  // Stream-K workspace (m <= kSliceM only; larger M runs without split-K) from torch's caching
-  // allocator: inside a CUDA graph capture it comes from the graph's pool and the zeroing of the
-  // locks is a captured memset.
-  at::Tensor partials, locks;
-  if (m <= kSliceM) {
-    partials = at::empty({static_cast<int64_t>(partials_floats(static_cast<int>(size_n)))},
-                         a.options().dtype(at::kFloat));
-    locks = at::zeros({size_n / kTileN}, a.options().dtype(at::kInt));
-  }
-
+  TORCH_CHECK(m <= INT32_MAX && size_n <= INT32_MAX && size_k <= INT32_MAX, "qkernels.w4a16_gemm: M = ", m,
+              ", N = ", size_n, ", K = ", size_k, ": each must be below 2^31.");
+  const int num_sms = sm_count(a.get_device());
+  const int64_t tiles = (m <= kSliceM ? 1 : (m + kSliceM - 1) / kSliceM) * (size_n / kTileN);
+  TORCH_CHECK(tiles <= INT32_MAX, "qkernels.w4a16_gemm: M = ", m, " x N = ", size_n, " makes ", tiles,
+              " output tiles of 64 x 64, more than a grid holds (2^31 - 1): split M.");
   GemmArgs args{};
+  args.part = make_partition(static_cast<int>(m), static_cast<int>(size_n), static_cast<int>(size_k), num_sms);
+  // Stream-K workspace (only when some tile is shared by several blocks, partition.h) from
+  // torch's caching allocator: inside a CUDA graph capture it comes from the graph's pool and the
+  // zeroing of the counters is a captured memset. The kernel leaves the counters zero.
+  at::Tensor workspace, counters;
+  if (args.part.stream_k) {
+    workspace = at::empty({static_cast<int64_t>(args.part.workspace_floats())}, a.options().dtype(at::kFloat));
+    counters = at::zeros({args.part.counters()}, a.options().dtype(at::kInt));
+  }
   args.a = a_sorted.data_ptr();
   args.b = reinterpret_cast<const uint32_t*>(b_q.data_ptr<int32_t>());
   args.scales = scales.data_ptr();
   args.zeros = zeros ? zeros->data_ptr() : nullptr;
   args.bias = bias ? bias->data_ptr() : nullptr;
   args.c = out.data_ptr();
-  args.partials = m <= kSliceM ? partials.data_ptr<float>() : nullptr;
-  args.locks = m <= kSliceM ? locks.data_ptr<int>() : nullptr;
-  TORCH_CHECK(m <= INT32_MAX, "qkernels.w4a16_gemm: M = ", m, " rows is too many (max 2^31 - 1).");
-  args.m = static_cast<int>(m);
-  args.n = static_cast<int>(size_n);
-  args.k = static_cast<int>(size_k);
+  args.workspace = args.part.stream_k ? workspace.data_ptr<float>() : nullptr;
+  args.counters = args.part.stream_k ? counters.data_ptr<int>() : nullptr;
   args.group_size = static_cast<int>(group_size == -1 ? size_k : group_size);
-  args.num_sms = sm_count(a.get_device());
 
   // ---- activation dtype x zero points
 #if defined(QK_W4A16_SM80)
@@ -165,6 +166,66 @@ at::Tensor w4a16_gemm(const at::Tensor& a, const at::Tensor& b_q, const at::Tens
 
 }  // namespace
 }  // namespace qk::w4a16
+
+// ----------------------------------------------------------------- schedule introspection
+// The kernel's work partition for (m, n, k, num_sms), computed by the same code the launcher and
+// the kernel run (partition.h: make_partition, Cursor, Partition::slot). A plain C entry point,
+// read with ctypes by qkernels.ops.w4a16.schedule (no GPU needed): the CPU model of the
+// schedule in python_tests/test_w4a16_schedule.py simulates exactly what the kernel does.
+//   qk_w4a16_schedule_fields(0 / 1): comma-separated names of the meta / per-piece fields.
+//   qk_w4a16_schedule(...): fills meta[meta_len] and up to max_pieces rows of pieces (one row of
+//   the per-piece fields each, in block order, then the block's order of work) and returns the
+//   number of pieces (call with max_pieces = 0 first to size the buffer), or -1 for shapes the
+//   op rejects (m < 1, n % 64, k % 128, num_sms < 1).
+namespace {
+constexpr const char* kScheduleMeta =
+    "m,n,k,num_sms,m_blocks,rows,tile_n,tile_k,k_tiles,n_tiles,slices,tiles,total,iters,grid,stream_k,slot_rows,"
+    "workspace_floats,counters,threads,warps_k,stages,stage_bytes,smem_bytes";
+// wait_tile / wait_value: the counter a piece's block spins on before its epilogue and the value
+// it waits for. This kernel never waits (-1): shared tiles are finished by the last arrival.
+constexpr const char* kSchedulePiece = "block,seq,tile,slice,n_tile,k_begin,k_end,piece,pieces,slot,wait_tile,wait_value";
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) const char* qk_w4a16_schedule_fields(int which) {
+  return which == 0 ? kScheduleMeta : kSchedulePiece;
+}
+
+extern "C" __attribute__((visibility("default"))) int64_t qk_w4a16_schedule(int m, int n, int k, int num_sms,
+                                                                           int64_t* meta, int64_t meta_len,
+                                                                           int64_t* pieces, int64_t max_pieces) {
+  using namespace qk::w4a16;
+  if (m < 1 || n < kTileN || n % kTileN != 0 || k < kTileK || k % kTileK != 0 || num_sms < 1) return -1;
+  const Partition p = make_partition(m, n, k, num_sms);
+  const int mb = p.m_blocks;
+  const int64_t values[] = {m, n, k, num_sms, mb, 16 * mb, kTileN, p.tile_k, p.k_tiles, p.n_tiles, p.slices,
+                            p.tiles, p.total, p.iters, p.grid, p.stream_k ? 1 : 0, p.slot_rows,
+                            static_cast<int64_t>(p.workspace_floats()), p.counters(), kThreads, kWarpsK,
+                            bucket_stages(mb), stage_bytes(mb), smem_bytes(mb)};
+  for (int64_t i = 0; i < meta_len && i < static_cast<int64_t>(sizeof(values) / sizeof(values[0])); ++i)
+    meta[i] = values[i];
+  constexpr int kFields = 12;
+  int64_t count = 0;
+  for (int b = 0; b < p.grid; ++b) {
+    Cursor c;
+    c.start(p, b);
+    for (int seq = 0; c.left > 0; ++seq) {  // the kernel's walk: a piece ends where ends_piece() says
+      const int tile = c.tile, k_begin = c.kt;
+      while (!c.ends_piece(p)) c.advance(p);
+      const int k_end = c.kt + 1;
+      c.advance(p);
+      if (count < max_pieces) {
+        int slice = 0, nt = 0;
+        p.tile_coords(tile, slice, nt);
+        const int count_t = p.pieces(tile);
+        const int64_t row[kFields] = {b, seq, tile, slice, nt, k_begin, k_end, b - p.first_block(tile), count_t,
+                                      count_t > 1 ? p.slot(b, tile) : -1, -1, -1};
+        for (int f = 0; f < kFields; ++f) pieces[count * kFields + f] = row[f];
+      }
+      ++count;
+    }
+  }
+  return count;
+}
 
 TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
   m.impl("w4a16_repack", &qk::w4a16::w4a16_repack);

@@ -9,7 +9,7 @@ each op's CPU implementation is that reference, its CUDA implementation is ``csr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -142,6 +142,47 @@ class W4A16Weight:
     act_dtype: torch.dtype
 
 
+def check_checkpoint_weight(name: str, weight_packed: torch.Tensor, weight_scale: torch.Tensor,
+                            weight_zero_point: Optional[torch.Tensor], g_idx: Optional[torch.Tensor],
+                            group_size: int, act_dtype: torch.dtype, symmetric: Optional[bool],
+                            check_sizes) -> Tuple[int, int, int, Optional[torch.Tensor]]:
+    """The checks every W4A16 ``prepare_weight`` makes on compressed-tensors ``pack-quantized``
+    tensors (``check_sizes(name, N, K, group_size)``: the layout's own size rules). Returns
+    ``(N, K, groups, perm)`` (``perm``: the act-order permutation, None without one)."""
+    C.check_dtype(name, "weight_packed", weight_packed, (torch.int32,))
+    C.check_dim(name, "weight_packed", weight_packed, 2)
+    size_n, size_k = weight_packed.shape[0], weight_packed.shape[1] * ref.PACK_FACTOR
+    check_sizes(name, size_n, size_k, group_size)
+    if act_dtype not in ACT_DTYPES:
+        C.fail(name, f"act_dtype = {act_dtype}; supported: {C._fmt_dtypes(ACT_DTYPES)}.")
+    groups = _num_groups(size_k, group_size)
+    C.check_dim(name, "weight_scale", weight_scale, 2)
+    if tuple(weight_scale.shape) != (size_n, groups) or not weight_scale.is_floating_point():
+        C.fail(name, f"weight_scale is {weight_scale.dtype} {tuple(weight_scale.shape)}; expected a float tensor "
+                     f"[N, G] = [{size_n}, {groups}] for K = {size_k}, group_size = {group_size}.")
+    if symmetric is False and weight_zero_point is None:
+        C.fail(name, "the weight is asymmetric but weight_zero_point is None: pass the checkpoint's "
+                     "weight_zero_point (int32 [ceil(N/8), G]).")
+    if symmetric is True and weight_zero_point is not None:
+        C.fail(name, "the weight is symmetric but a weight_zero_point was given: drop it, or pass symmetric=False.")
+    if weight_zero_point is not None:
+        C.check_dtype(name, "weight_zero_point", weight_zero_point, (torch.int32,))
+        zp_shape = ((size_n + ref.PACK_FACTOR - 1) // ref.PACK_FACTOR, groups)
+        if tuple(weight_zero_point.shape) != zp_shape:
+            C.fail(name, f"weight_zero_point has shape {tuple(weight_zero_point.shape)}; expected "
+                         f"[ceil(N/8), G] = {list(zp_shape)} (packed along N).")
+    perm = None
+    if g_idx is not None:
+        C.check_dtype(name, "g_idx", g_idx, (torch.int32, torch.int64))
+        if tuple(g_idx.shape) != (size_k,):
+            C.fail(name, f"g_idx has shape {tuple(g_idx.shape)}; expected [K] = [{size_k}].")
+        try:
+            perm = ref.act_order_perm(g_idx, group_size)
+        except ValueError as e:
+            C.fail(name, str(e))
+    return size_n, size_k, groups, perm
+
+
 def prepare_weight(
     weight_packed: torch.Tensor,
     weight_scale: torch.Tensor,
@@ -163,39 +204,9 @@ def prepare_weight(
     The repack runs on the tensors' device (the CUDA kernel for CUDA tensors).
     """
     name = "prepare_weight"
-    C.check_dtype(name, "weight_packed", weight_packed, (torch.int32,))
-    C.check_dim(name, "weight_packed", weight_packed, 2)
-    size_n, size_k = weight_packed.shape[0], weight_packed.shape[1] * ref.PACK_FACTOR
-    _check_sizes(name, size_n, size_k, group_size)
-    if act_dtype not in ACT_DTYPES:
-        C.fail(name, f"act_dtype = {act_dtype}; supported: {C._fmt_dtypes(ACT_DTYPES)}.")
-    groups = _num_groups(size_k, group_size)
-    C.check_dim(name, "weight_scale", weight_scale, 2)
-    if tuple(weight_scale.shape) != (size_n, groups) or not weight_scale.is_floating_point():
-        C.fail(name, f"weight_scale is {weight_scale.dtype} {tuple(weight_scale.shape)}; expected a float tensor "
-                     f"[N, G] = [{size_n}, {groups}] for K = {size_k}, group_size = {group_size}.")
-    if symmetric is False and weight_zero_point is None:
-        C.fail(name, "the weight is asymmetric but weight_zero_point is None: pass the checkpoint's "
-                     "weight_zero_point (int32 [ceil(N/8), G]).")
-    if symmetric is True and weight_zero_point is not None:
-        C.fail(name, "the weight is symmetric but a weight_zero_point was given: drop it, or pass symmetric=False.")
-    zeros = None
-    if weight_zero_point is not None:
-        C.check_dtype(name, "weight_zero_point", weight_zero_point, (torch.int32,))
-        zp_shape = ((size_n + ref.PACK_FACTOR - 1) // ref.PACK_FACTOR, groups)
-        if tuple(weight_zero_point.shape) != zp_shape:
-            C.fail(name, f"weight_zero_point has shape {tuple(weight_zero_point.shape)}; expected "
-                         f"[ceil(N/8), G] = {list(zp_shape)} (packed along N).")
-        zeros = ref.kernel_zeros(weight_zero_point, size_n, act_dtype)
-    perm = None
-    if g_idx is not None:
-        C.check_dtype(name, "g_idx", g_idx, (torch.int32, torch.int64))
-        if tuple(g_idx.shape) != (size_k,):
-            C.fail(name, f"g_idx has shape {tuple(g_idx.shape)}; expected [K] = [{size_k}].")
-        try:
-            perm = ref.act_order_perm(g_idx, group_size)
-        except ValueError as e:
-            C.fail(name, str(e))
+    size_n, size_k, groups, perm = check_checkpoint_weight(
+        name, weight_packed, weight_scale, weight_zero_point, g_idx, group_size, act_dtype, symmetric, _check_sizes)
+    zeros = None if weight_zero_point is None else ref.kernel_zeros(weight_zero_point, size_n, act_dtype)
     qweight = op("w4a16_repack")(weight_packed.contiguous(), perm)
     return W4A16Weight(
         qweight=qweight,
@@ -219,6 +230,75 @@ def gemm(x: torch.Tensor, w: W4A16Weight, bias: Optional[torch.Tensor] = None) -
         C.fail("w4a16.gemm", f"has_zp = {w.has_zp} but zeros is {'set' if w.zeros is not None else 'None'}.")
     return op("w4a16_gemm")(x.contiguous(), w.qweight, w.scales, w.zeros, w.perm, bias,
                             w.size_n, w.size_k, w.group_size)
+
+
+# ----------------------------------------------------------------- schedule introspection
+@dataclass(frozen=True)
+class Schedule:
+    """The CUDA kernel's work partition for one problem, as the launcher computes it.
+
+    ``meta``: sizes and mode (``grid``, ``iters`` per block, ``k_tiles`` per tile, ``tiles``,
+    ``stream_k``, the block configuration: ``threads``, ``smem_bytes``, ``stages``, ...).
+    ``pieces``: int64 ``[P, len(fields)]``, one row per piece of work (a block's run of
+    iterations inside one tile), in block order then in the order the block runs them; ``fields``
+    names the columns (``block, seq, tile, slice, n_tile, k_begin, k_end, piece, pieces, slot,
+    wait_tile, wait_value``). See csrc/w4a16/partition.h for the reduction protocol.
+    """
+
+    meta: dict
+    fields: tuple
+    pieces: torch.Tensor
+
+    def col(self, name: str) -> torch.Tensor:
+        """One column of ``pieces`` by field name."""
+        return self.pieces[:, self.fields.index(name)]
+
+
+def schedule(m: int, n: int, k: int, num_sms: int, library: Optional[str] = None) -> Schedule:
+    """The partition the W4A16 kernel uses for ``[m, k] x [k, n]`` on ``num_sms`` SMs.
+
+    Computed by the compiled library's host code (``qk_w4a16_schedule``, the same functions the
+    launcher and the kernel run), so a CPU-only test can check the real schedule; needs no GPU.
+    ``library``: path of the compiled library (default: the one qkernels loaded). Raises
+    RuntimeError when there is none, or it predates this entry point.
+    """
+    import ctypes
+
+    from .. import _loader
+
+    path = library or _loader.library_path
+    if path is None:
+        raise RuntimeError(f"w4a16.schedule needs the compiled qkernels library: {_loader.load_error}")
+    lib = ctypes.CDLL(path)
+    try:
+        fn, names = lib.qk_w4a16_schedule, lib.qk_w4a16_schedule_fields
+    except AttributeError:
+        raise RuntimeError(f"{path} has no qk_w4a16_schedule (built without the w4a16 family, or an older "
+                           "build): rebuild the library.") from None
+    names.restype = ctypes.c_char_p
+    names.argtypes = [ctypes.c_int]
+    meta_names = names(0).decode().split(",")
+    fields = tuple(names(1).decode().split(","))
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
+    meta = torch.zeros(len(meta_names), dtype=torch.int64)
+    count = fn(m, n, k, num_sms, meta.data_ptr(), meta.numel(), None, 0)
+    if count < 0:
+        C.fail("w4a16.schedule", f"m = {m}, n = {n}, k = {k}, num_sms = {num_sms}: the kernel needs m >= 1, "
+                                 f"n % {TILE_N} == 0, k % {TILE_K} == 0, num_sms >= 1.")
+    pieces = torch.zeros(count, len(fields), dtype=torch.int64)
+    fn(m, n, k, num_sms, meta.data_ptr(), meta.numel(), pieces.data_ptr(), count)
+    return Schedule(dict(zip(meta_names, meta.tolist())), fields, pieces)
+
+
+def schedule_unavailable() -> Optional[str]:
+    """Why :func:`schedule` cannot run here (no compiled library, or one without the entry
+    point), or None when it can. For tests that need it: ``pytest.skip(reason)``."""
+    try:
+        schedule(1, TILE_N, TILE_K, 1)
+    except RuntimeError as e:
+        return str(e)
+    return None
 
 
 OPS = ("w4a16_repack", "w4a16_gemm")

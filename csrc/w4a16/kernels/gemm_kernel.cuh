@@ -1,71 +1,70 @@
-// W4A16 GEMM kernel (Marlin design, sm80+): out[m, n] = a[m, k] @ dequant(b)[k, n].
+// W4A16 GEMM kernel (Marlin design, sm80+): out[m, n] = a[m, k] @ dequant(b)[k, n] (+ bias).
 //
-// Included by gemm_f16.cu / gemm_bf16.cu only (each instantiates one activation dtype).
-// Layouts: README.md and qkernels/reference/w4a16.py.
+// Included by the gemm_*.cu instantiation files only. Layouts: README.md and
+// qkernels/reference/w4a16.py. Block configuration and work partition: ../partition.h (the same
+// code the glue and the schedule introspection run).
 //
 // Shape of the computation
-// * A thread block (4 warps) owns a 64-column tile of the output and a row slice of up to 64
-//   rows (M_BLOCKS x 16). Warp w owns columns [16w, 16w + 16): two m16n8k16 n-tiles.
-// * Work is the list of (column tile, 128-deep k tile) iterations, column-tile major. Each block
-//   takes one contiguous range of it ("stream-K"): a column tile's k range may be split over
-//   consecutive blocks, so even M = 1 with few column tiles keeps every SM streaming weights.
-//   Blocks that share a column tile add their fp32 partial sums in k order through a global
-//   workspace, serialised by a per-tile lock; the last one writes the output.
-// * M > 64 ("tile mode") uses no split-K: the work items are (64-row slice, column tile) pairs
-//   over the whole K, one block each, no workspace and no waiting between blocks. Items are
-//   ordered in groups of kGroupTiles column tiles, slices inside a group: the blocks in flight
-//   share a few column tiles (their weights stay in L2 across slices) and a few A slices.
-// * Per k tile, a 4-stage cp.async pipeline brings A (zero-filled past row m) and the 4 KiB of
-//   weights into shared memory. In stream-K mode weights are read exactly once: they are loaded
-//   with an L2 evict-first policy so they do not push the activations (re-read by every block)
-//   out of L2; in tile mode they are re-read by every slice and use the default policy.
+// * A block is 8 warps. It owns a tile of up to 64 rows (16 * MB: the M bucket) x 64 columns;
+//   warp w covers columns [32 (w % 2), +32) (four m16n8k16 n-tiles) and a quarter of each
+//   iteration's k steps (k group w / 2): the k groups are summed through shared memory when a
+//   piece of work ends. 32 columns per warp: every A fragment (ldmatrix) feeds 4 mma per m-block.
+// * Work: the partition's contiguous range of (tile, k-tile) iterations (stream-K), or one whole
+//   tile (data-parallel); see partition.h for the reduction of shared tiles, which never makes a
+//   block wait for another block.
+// * Pipeline: per iteration, one cp.async stage brings the A tile (zero-filled past row m and
+//   past K), the weights (tile_k x 64 nibbles: 8 KiB for MB = 1) and the scale / zero-point rows
+//   of the groups the iteration covers. The stage ring keeps running across piece boundaries:
+//   the next piece's stages are in flight while a piece's epilogue runs. Weights are read once
+//   when there is one row slice: L2 evict-first, so they do not push the re-read A out of L2.
+// * Registers: fragments are double-buffered (Marlin): the ldmatrix / lds of k step s + 1 are
+//   issued before the mma of step s; scales / zero points are re-read from shared memory only
+//   when the group changes.
+// * Dequantisation: lop3 + magic numbers (fp16: 0x6400 | u = 1024 + u, 0x6400 | u << 4 =
+//   1024 + 16u; bf16: 0x4300 | u = 128 + u) give u - z exactly with one sub / fma, then one
+//   multiply by the group scale: the same single rounding as the reference.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
+
 #include "w4a16/w4a16.h"
 
 namespace qk::w4a16::detail {
-
-constexpr int kThreads = 128;                    // 4 warps
-constexpr int kStages = 4;                       // cp.async pipeline depth
-constexpr int kKSteps = kTileK / 16;             // mma k-steps per stage
-constexpr int kBChunks = kKSteps * kTileN * 16 / 8 / 4;  // uint4 chunks of weights per stage (256)
-constexpr int kAChunksPerRow = kTileK * 2 / 16;  // uint4 chunks of one A row per stage (16)
-constexpr int kGroupTiles = 8;                  // tile mode: column tiles per item group
 
 // ----------------------------------------------------------------- PTX wrappers
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16-byte async copy; src_bytes = 0 fills the destination with zeros (rows past m).
+// 16-byte async copy global -> shared; valid = false reads nothing and writes 16 zero bytes
+// (src-size 0). `gmem` must be a valid address either way (callers pass the tensor's base).
 __device__ __forceinline__ void cp_async_zfill(void* smem, const void* gmem, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem),
-               "r"(valid ? 16 : 0));
+               "r"(valid ? 16 : 0)
+               : "memory");
 }
 
-// 16-byte async copy of data read once (weights): evict it first from L2.
-__device__ __forceinline__ void cp_async_evict_first(void* smem, const void* gmem) {
-  asm volatile(
-      "{\n"
-      "  .reg .b64 policy;\n"
-      "  createpolicy.fractional.L2::evict_first.b64 policy, 1.0;\n"
-      "  cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, policy;\n"
-      "}\n" ::"r"(smem_addr(smem)),
-      "l"(gmem));
+// The same with an L2 cache policy (createpolicy below).
+__device__ __forceinline__ void cp_async_zfill_hint(void* smem, const void* gmem, bool valid, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(smem_addr(smem)),
+               "l"(gmem), "r"(valid ? 16 : 0), "l"(policy)
+               : "memory");
 }
 
-// 16-byte async copy with the default L2 policy.
-__device__ __forceinline__ void cp_async(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+// An L2 policy that evicts the lines it fills first (data read exactly once).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
@@ -81,53 +80,52 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
   return r;
 }
 
-__device__ __forceinline__ int ld_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
+// Returns the old value. acq_rel: releases this thread's (and, through the preceding barrier,
+// the block's fenced) partial-sum stores; acquires every earlier releaser's when it is the last.
+__device__ __forceinline__ int atomic_add_acq_rel(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
 }
 
-__device__ __forceinline__ void st_release(int* p, int v) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+// Barrier 1 among the first `kCount` threads (warps 0 .. kCount / 32 - 1); barrier 0 is __syncthreads.
+template <int kCount>
+__device__ __forceinline__ void named_barrier_1() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kCount) : "memory");
 }
 
 // ----------------------------------------------------------------- per-dtype pieces
-// Each trait turns one int32 of 8 nibbles into the 4 B-fragment registers of a warp's two
-// n-tiles (nibbles i and i+4 -> register i: k = 2t + (i >> 2) + 8 (i & 1) and its k + 1) with
-// magic numbers: OR-ing a nibble u into the mantissa of 2^e gives the float 2^e + u exactly, so
-// one lop3 + one subtraction replaces a int->float conversion.
+// dequant turns one int32 of 8 nibbles (a lane's word of one k16 step: two n-tiles) into the 4
+// B-fragment registers: nibbles i and i + 4 -> register i, i.e. register 0 / 1 = n-tile 0 at
+// k = 2t, 2t+1 / 2t+8, 2t+9; register 2 / 3 = n-tile 1 (layout: reference/w4a16.py).
 template <typename T>
 struct ActTraits;
 
 template <>
 struct ActTraits<half> {
   using T2 = half2;
-  // Offsets, per n-tile, that turn the magic values into u - z (z = 8 when symmetric):
-  //   lo = 1024 + u (nibble at bits 0-3):     lo - (1024 + z)
-  //   hi = 1024 + 16u (nibble at bits 4-7):   hi / 16 - (64 + z)
+  // lo = 1024 + u (nibble at bits 0-3): lo - (1024 + z); hi = 1024 + 16u (bits 4-7): hi / 16 - (64 + z).
   struct Offsets {
     half2 lo, hi;
   };
   __device__ static Offsets offsets(float z) {
     return {__float2half2_rn(1024.f + z), __float2half2_rn(-64.f - z)};
   }
-  __device__ static void dequant(uint32_t q, const Offsets (&off)[2], const half2 (&scale)[2], uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, const Offsets& o0, const Offsets& o1, half2 s0, half2 s1,
+                                 uint32_t (&b)[4]) {
     constexpr uint32_t kMagic = 0x64006400u;  // 1024 in both halves
     const half2 sixteenth = __float2half2_rn(1.f / 16.f);
     uint32_t lo0 = and_or(q, 0x000f000fu, kMagic), hi0 = and_or(q, 0x00f000f0u, kMagic);
     q >>= 8;
     uint32_t lo1 = and_or(q, 0x000f000fu, kMagic), hi1 = and_or(q, 0x00f000f0u, kMagic);
-    half2 v[4] = {
-        __hsub2(*reinterpret_cast<half2*>(&lo0), off[0].lo),
-        __hfma2(*reinterpret_cast<half2*>(&hi0), sixteenth, off[0].hi),
-        __hsub2(*reinterpret_cast<half2*>(&lo1), off[1].lo),
-        __hfma2(*reinterpret_cast<half2*>(&hi1), sixteenth, off[1].hi),
+    half2 w[4] = {
+        __hmul2(__hsub2(*reinterpret_cast<half2*>(&lo0), o0.lo), s0),
+        __hmul2(__hfma2(*reinterpret_cast<half2*>(&hi0), sixteenth, o0.hi), s0),
+        __hmul2(__hsub2(*reinterpret_cast<half2*>(&lo1), o1.lo), s1),
+        __hmul2(__hfma2(*reinterpret_cast<half2*>(&hi1), sixteenth, o1.hi), s1),
     };
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      half2 w = __hmul2(v[i], scale[i / 2]);  // exact (u - z) times the scale: one rounding
-      b[i] = *reinterpret_cast<uint32_t*>(&w);
-    }
+    for (int i = 0; i < 4; ++i) b[i] = *reinterpret_cast<uint32_t*>(&w[i]);
   }
   __device__ static half2 splat(half s) { return __half2half2(s); }
   __device__ static half2 pack(float x, float y) { return __floats2half2_rn(x, y); }
@@ -149,13 +147,14 @@ struct ActTraits<__nv_bfloat16> {
     __nv_bfloat162 lo;
   };
   __device__ static Offsets offsets(float z) { return {__float2bfloat162_rn(128.f + z)}; }
-  __device__ static void dequant(uint32_t q, const Offsets (&off)[2], const __nv_bfloat162 (&scale)[2],
-                                 uint32_t (&b)[4]) {
+  __device__ static void dequant(uint32_t q, const Offsets& o0, const Offsets& o1, __nv_bfloat162 s0,
+                                 __nv_bfloat162 s1, uint32_t (&b)[4]) {
     constexpr uint32_t kMagic = 0x43004300u;  // 128 in both halves
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      uint32_t m = and_or(q >> (4 * i), 0x000f000fu, kMagic);
-      __nv_bfloat162 w = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&m), off[i / 2].lo), scale[i / 2]);
+      uint32_t v = and_or(q >> (4 * i), 0x000f000fu, kMagic);
+      __nv_bfloat162 w = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&v), i < 2 ? o0.lo : o1.lo),
+                                 i < 2 ? s0 : s1);
       b[i] = *reinterpret_cast<uint32_t*>(&w);
     }
   }
@@ -170,224 +169,350 @@ struct ActTraits<__nv_bfloat16> {
   }
 };
 
-// ----------------------------------------------------------------- the kernel
-template <int M_BLOCKS>
-constexpr int smem_bytes() {
-  return kStages * (M_BLOCKS * 16 * kAChunksPerRow + kBChunks) * 16;
-}
+// ----------------------------------------------------------------- shared-memory stage layout
+// One stage, in 16-byte chunks: A [rows][tile_k / 8 chunks, chunk c of row r stored at c ^ (r % 8)
+// so that ldmatrix's and cp.async's 8-row / 8-chunk phases hit 8 distinct bank groups],
+// B [tile_k / 16 k16 rows][32 chunks = the tile's 128 words of that row],
+// S [tile_k / 32 rows][8 chunks = 64 scales], Z [same, zero points].
+template <int MB>
+struct StageLayout {
+  static constexpr int kTK = bucket_tile_k(MB);
+  static constexpr int kRows = 16 * MB;
+  static constexpr int kSteps = kTK / 16;     // k16 steps per iteration
+  static constexpr int kLS = kSteps / kWarpsK;  // of which one warp does
+  static constexpr int kACpr = kTK / 8;       // chunks per A row
+  static constexpr int kAChunks = kRows * kACpr;
+  static constexpr int kBChunks = kSteps * 32;
+  static constexpr int kSChunks = stage_s_rows(MB) * 8;
+  static constexpr int kA = 0, kB = kA + kAChunks, kS = kB + kBChunks, kZ = kS + kSChunks;
+  static constexpr int kChunks = kZ + kSChunks;
+  static_assert(kChunks * 16 == stage_bytes(MB), "stage layout and partition.h disagree");
+  static_assert(kAChunks % kThreads == 0 && kBChunks % kThreads == 0, "whole cp.async rounds");
+  static_assert(kLS >= 2 && kLS % 2 == 0, "the fragment double buffer alternates within a stage");
+  static_assert(kACpr >= 8, "the XOR swizzle needs 8 chunks per row");
+  static_assert(kSChunks <= 128, "scale rows: threads 0..127, zero points: threads 128..255");
+};
 
-template <typename T, int M_BLOCKS, bool HAS_ZEROS>
-__global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmArgs args, int iters_per_block) {
+// ----------------------------------------------------------------- the kernel
+template <typename T, int MB, bool HAS_ZEROS>
+__global__ void __launch_bounds__(kThreads, 1) gemm_kernel(const GemmArgs args) {
   using Tr = ActTraits<T>;
   using T2 = typename Tr::T2;
-  constexpr int kRows = M_BLOCKS * 16;
-  constexpr int kAStage = kRows * kAChunksPerRow;  // uint4 chunks
+  using Off = typename Tr::Offsets;
+  using L = StageLayout<MB>;
+  constexpr int kStages = bucket_stages(MB);
 
   extern __shared__ uint4 smem[];
-  uint4* const smem_a = smem;                          // [stage][row][16 chunks, XOR-swizzled]
-  uint4* const smem_b = smem + kStages * kAStage;      // [stage][k-step][32 chunks]
+  __shared__ int finalize_tiles[2];
 
+  const Partition& P = args.part;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int m = args.m, n = args.n;
-  const int k_tiles = args.k / kTileK;
+  const int kg = warp / kWarpsN, nw = warp % kWarpsN;  // k group (0: holds the sums), column half
+  const int m = P.m, n = P.n, K = P.k;
   const T* const a = static_cast<const T*>(args.a);
   const T* const scales = static_cast<const T*>(args.scales);
   const T* const zeros = static_cast<const T*>(args.zeros);
+  // Scale rows per stage: one per min(group, tile_k) of k, i.e. one per (1 << gshift) k16 steps.
+  const int gs = args.group_size;
+  const int gshift = __ffs((gs < L::kTK ? gs : L::kTK) / 16) - 1;  // 1, 2, 3 or 4
+  const int gmask = (1 << gshift) - 1;
+  const int s_rows = L::kTK >> (4 + gshift);
+  const bool weights_once = P.slices == 1;  // no other row slice re-reads them
+  const uint64_t policy = evict_first_policy();
 
-  // One segment of work: rows [row0, row0 + kRows) x column tile nt x k tiles [kt0, kt1).
-  // stream_k: the tile's k range may be shared with neighbouring blocks (reduction below);
-  // otherwise the segment covers the whole K and writes its output directly.
-  auto segment = [&](const int row0, const int nt, const int kt0, const int kt1, const bool stream_k) {
-    const int col0 = nt * kTileN + warp * 16 + lane / 4;  // this thread's column in n-tile 0 (+8: n-tile 1)
+  // ---------------------------------------------------------------- loader
+  Cursor ld;
+  ld.start(P, blockIdx.x);
+  int ld_slice, ld_nt;
+  P.tile_coords(ld.tile, ld_slice, ld_nt);
 
-    // Issues the loads of k tile `kt` into pipeline stage `stage`.
-    auto load_stage = [&](int stage, int kt) {
-      uint4* sa = smem_a + stage * kAStage;
+  auto load_stage = [&](int stage) {
+    uint4* const st = smem + stage * L::kChunks;
+    const int k0 = ld.kt * L::kTK, k16_0 = k0 / 16, row0 = ld_slice * kSliceM;
 #pragma unroll
-      for (int i = 0; i < kAStage / kThreads; ++i) {
-        const int id = tid + i * kThreads, r = id / kAChunksPerRow, c = id % kAChunksPerRow;
-        const bool valid = row0 + r < m;
-        const T* src = a + (valid ? static_cast<size_t>(row0 + r) * args.k + kt * kTileK + c * 8 : 0);
-        cp_async_zfill(sa + r * kAChunksPerRow + (c ^ (r % 8)), src, valid);
-      }
-      uint4* sb = smem_b + stage * kBChunks;
-#pragma unroll
-      for (int i = 0; i < kBChunks / kThreads; ++i) {
-        const int id = tid + i * kThreads, step = id / 32, c = id % 32;
-        const uint32_t* src = args.b + static_cast<size_t>(kt * kKSteps + step) * 2 * n + nt * 128 + c * 4;
-        if (stream_k) {
-          cp_async_evict_first(sb + id, src);  // read once
-        } else {
-          cp_async(sb + id, src);  // re-read by the other slices: keep in L2
-        }
-      }
-    };
-
-    float acc[M_BLOCKS][2][4] = {};
-    T2 scale[2];
-    typename Tr::Offsets off[2] = {Tr::offsets(8.f), Tr::offsets(8.f)};
-    int group = -1;
-
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (kt0 + s < kt1) load_stage(s, kt0 + s);
-      cp_async_commit();  // empty groups keep the wait count uniform
+    for (int i = 0; i < L::kAChunks / kThreads; ++i) {
+      const int id = tid + i * kThreads, r = id / L::kACpr, c = id % L::kACpr;
+      const bool valid = row0 + r < m && k0 + 8 * c < K;
+      const T* src = a + (valid ? static_cast<size_t>(row0 + r) * K + k0 + 8 * c : 0);
+      cp_async_zfill(st + L::kA + r * L::kACpr + (c ^ (r % 8)), src, valid);
     }
-    for (int kt = kt0; kt < kt1; ++kt) {
-      cp_async_wait<kStages - 2>();
-      __syncthreads();  // stage kt is visible; stage kt-1 is free for the next load
-      const int next = kt + kStages - 1;
-      if (next < kt1) load_stage((next - kt0) % kStages, next);
-      cp_async_commit();
-
-      const int stage = (kt - kt0) % kStages;
-      const uint4* sa = smem_a + stage * kAStage;
-      const uint32_t* sb = reinterpret_cast<const uint32_t*>(smem_b + stage * kBChunks);
 #pragma unroll
-      for (int step = 0; step < kKSteps; ++step) {
-        const int g = (kt * kTileK + step * 16) / args.group_size;
-        if (g != group) {  // warp-uniform: scales (and zero points) of this group's two columns
-          group = g;
-          const size_t base = static_cast<size_t>(g) * n + col0;
-          scale[0] = Tr::splat(scales[base]);
-          scale[1] = Tr::splat(scales[base + 8]);
-          if constexpr (HAS_ZEROS) {
-            off[0] = Tr::offsets(static_cast<float>(zeros[base]));
-            off[1] = Tr::offsets(static_cast<float>(zeros[base + 8]));
-          }
-        }
-        uint32_t bfrag[4];
-        Tr::dequant(sb[step * 128 + warp * 32 + lane], off, scale, bfrag);
-#pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; ++mb) {
-          uint32_t afrag[4];
-          const int r = mb * 16 + lane % 16, c = step * 2 + lane / 16;
-          ldmatrix_x4(afrag, sa + r * kAChunksPerRow + (c ^ (r % 8)));
-          Tr::mma(afrag, bfrag, acc[mb][0]);
-          Tr::mma(afrag, bfrag + 2, acc[mb][1]);
-        }
+    for (int i = 0; i < L::kBChunks / kThreads; ++i) {
+      const int id = tid + i * kThreads, row = id / 32, c = id % 32;
+      const bool valid = k16_0 + row < K / 16;
+      const uint32_t* src = args.b + (valid ? static_cast<size_t>(k16_0 + row) * 2 * n + ld_nt * 128 + c * 4 : 0);
+      if (weights_once) {
+        cp_async_zfill_hint(st + L::kB + id, src, valid, policy);
+      } else {
+        cp_async_zfill(st + L::kB + id, src, valid);
       }
     }
-    cp_async_wait<0>();
-    __syncthreads();  // all stages consumed before the next segment reuses them
+    // Scale row j of the stage: the group of k = k0 + j * (16 << gshift); rows past K are zeros.
+    const int sid = tid % 128;
+    if (sid < s_rows * 8 && (tid < 128 || HAS_ZEROS)) {
+      const int j = sid / 8, c = sid % 8, kk = k0 + (j << (4 + gshift));
+      const bool valid = kk < K;
+      const T* base = tid < 128 ? scales : zeros;
+      const T* src = base + (valid ? static_cast<size_t>(kk / gs) * n + ld_nt * kTileN + 8 * c : 0);
+      cp_async_zfill(st + (tid < 128 ? L::kS : L::kZ) + sid, src, valid);
+    }
+  };
+  // Loads the loader's next iteration (if any) into `stage`; always commits a group so that
+  // cp.async.wait_group counts stay uniform.
+  auto load_next = [&](int stage) {
+    if (ld.left > 0) {
+      load_stage(stage);
+      ld.advance(P);
+      if (ld.kt == 0 && ld.left > 0) P.tile_coords(ld.tile, ld_slice, ld_nt);
+    }
+    cp_async_commit();
+  };
 
-    // ---- reduction over the blocks that share column tile nt (in k order), then the output
-    const int first = stream_k ? nt * k_tiles / iters_per_block : 0;
-    const int last = stream_k ? ((nt + 1) * k_tiles - 1) / iters_per_block : 0;
-    const int idx = blockIdx.x - first;
-    const bool shared_tile = stream_k && first != last;
-    const bool writes_output = !stream_k || int(blockIdx.x) == last;
-    float4* ws = reinterpret_cast<float4*>(args.partials) + static_cast<size_t>(nt) * kSliceM * kTileN / 4 +
-                 warp * M_BLOCKS * 2 * 32 + lane;
-    if (shared_tile) {
-      if (tid == 0) {
-        while (ld_acquire(args.locks + nt) != idx) {
-        }
-      }
-      __syncthreads();
-      if (idx > 0) {
+  // ---------------------------------------------------------------- fragments (double-buffered)
+  float acc[MB][4][4];
+  uint32_t af[2][MB][4];  // A: one 16x16 fragment per m-block
+  uint32_t bq[2][2];      // B: one word per 16 columns
+  T2 sc[2][4];            // scales of this thread's 4 columns (n-tiles 0..3)
+  Off off[2][4];          // dequant offsets of those columns (zero points)
 #pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; ++mb)
+  for (int i = 0; i < 4; ++i) off[0][i] = off[1][i] = Tr::offsets(8.f);
+  auto zero_acc = [&]() {
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const float4 p = __ldcg(ws + (mb * 2 + j) * 32);
-            acc[mb][j][0] += p.x, acc[mb][j][1] += p.y, acc[mb][j][2] += p.z, acc[mb][j][3] += p.w;
-          }
-      }
-      if (!writes_output) {
+    for (int mb = 0; mb < MB; ++mb)
 #pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; ++mb)
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-          for (int j = 0; j < 2; ++j)
-            __stcg(ws + (mb * 2 + j) * 32, make_float4(acc[mb][j][0], acc[mb][j][1], acc[mb][j][2], acc[mb][j][3]));
-        __threadfence();
-      }
+        for (int e = 0; e < 4; ++e) acc[mb][j][e] = 0.f;
+  };
+  zero_acc();
+
+  // Fragments of this warp's local step ls (global step s) of `stage` into buffer `buf`.
+  auto load_frags = [&](int buf, int stage, int ls) {
+    const uint4* const st = smem + stage * L::kChunks;
+    const int s = kg * L::kLS + ls;
+    const uint32_t* sb = reinterpret_cast<const uint32_t*>(st + L::kB) + s * 128 + nw * 64 + lane;
+    bq[buf][0] = sb[0];
+    bq[buf][1] = sb[32];
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) {
+      const int r = mb * 16 + lane % 16, c = 2 * s + lane / 16;
+      ldmatrix_x4(af[buf][mb], st + L::kA + r * L::kACpr + (c ^ (r % 8)));
     }
-    if (writes_output) {
-      T* c = static_cast<T*>(args.c);
-      const T* bias = static_cast<const T*>(args.bias);
+    if (ls == 0 || (s & gmask) == 0) {  // a new group (warp-uniform)
+      const int idx = (s >> gshift) * kTileN + nw * 32 + lane / 4;
+      const T* ss = reinterpret_cast<const T*>(st + L::kS) + idx;
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int col = nt * kTileN + warp * 16 + j * 8 + 2 * (lane % 4);
-        const float b0 = bias ? static_cast<float>(bias[col]) : 0.f;
-        const float b1 = bias ? static_cast<float>(bias[col + 1]) : 0.f;
+      for (int i = 0; i < 4; ++i) sc[buf][i] = Tr::splat(ss[8 * i]);
+      if constexpr (HAS_ZEROS) {
+        const T* zs = reinterpret_cast<const T*>(st + L::kZ) + idx;
 #pragma unroll
-        for (int mb = 0; mb < M_BLOCKS; ++mb)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = row0 + mb * 16 + lane / 4 + 8 * h;
-            if (row < m)
-              *reinterpret_cast<T2*>(c + static_cast<size_t>(row) * n + col) =
-                  Tr::pack(acc[mb][j][2 * h] + b0, acc[mb][j][2 * h + 1] + b1);
-          }
+        for (int i = 0; i < 4; ++i) off[buf][i] = Tr::offsets(static_cast<float>(zs[8 * i]));
       }
-    }
-    if (shared_tile) {
-      __syncthreads();  // every thread's workspace reads / writes are done (and fenced)
-      if (tid == 0) st_release(args.locks + nt, writes_output ? 0 : idx + 1);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        sc[buf][i] = sc[buf ^ 1][i];
+        if constexpr (HAS_ZEROS) off[buf][i] = off[buf ^ 1][i];
+      }
     }
   };
 
-  if (M_BLOCKS * 16 != kSliceM || iters_per_block > 0) {
-    // Stream-K (m <= kRows, one row slice): this block's contiguous range of (column tile, k
-    // tile) iterations. A block only ever waits for lower-numbered blocks of its tile.
-    const int total = (n / kTileN) * k_tiles;
-    const int start = blockIdx.x * iters_per_block;
-    const int end = min(start + iters_per_block, total);
-    for (int it = start; it < end;) {
-      const int nt = it / k_tiles, kt0 = it % k_tiles;
-      const int kt1 = min(k_tiles, kt0 + (end - it));
-      it += kt1 - kt0;
-      segment(0, nt, kt0, kt1, true);
+  auto mma_step = [&](int buf) {
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {  // 16-column halves of the warp: n-tiles 2q, 2q + 1
+      uint32_t b[4];
+      Tr::dequant(bq[buf][q], off[buf][2 * q], off[buf][2 * q + 1], sc[buf][2 * q], sc[buf][2 * q + 1], b);
+#pragma unroll
+      for (int mb = 0; mb < MB; ++mb) {
+        Tr::mma(af[buf][mb], b, acc[mb][2 * q]);
+        Tr::mma(af[buf][mb], b + 2, acc[mb][2 * q + 1]);
+      }
     }
-  } else if constexpr (M_BLOCKS * 16 == kSliceM) {
-    // Tile mode (m > kRows; only the 64-row kernel): item blockIdx.x = (slice, column tile), whole K. Items come in
-    // groups of kGroupTiles column tiles; inside a group, consecutive items are consecutive
-    // tiles of one slice, so the blocks in flight share weights and activations in L2.
-    const int n_tiles = n / kTileN, slices = (m + kRows - 1) / kRows;
-    const int per_group = slices * kGroupTiles;
-    const int g = blockIdx.x / per_group, r = blockIdx.x % per_group;
-    const int tiles_in_group = min(kGroupTiles, n_tiles - g * kGroupTiles);
-    const int nt = g * kGroupTiles + r % tiles_in_group, slice = r / tiles_in_group;
-    segment(slice * kRows, nt, 0, k_tiles, false);
+  };
+
+  // ---------------------------------------------------------------- piece epilogue
+  // Thread 0 keeps the tickets of the block's (at most two) shared pieces: its first and last
+  // (scalars, not an array indexed at run time: that would live in local memory).
+  int first_tile = -1, first_ticket = 0, last_tile = -1, last_ticket = 0;
+  const T* const bias = static_cast<const T*>(args.bias);
+  T* const out = static_cast<T*>(args.c);
+
+  auto finish_piece = [&](int scratch_stage, int tile, int slice, int nt, bool first_piece) {
+    // 1. Sum the k groups into k group 0, 16 rows at a time, through the stage just consumed
+    //    (free until the loader refills it, which happens after the barriers below).
+    float4* const scratch = reinterpret_cast<float4*>(smem + scratch_stage * L::kChunks);
+#pragma unroll
+    for (int mb = 0; mb < MB; ++mb) {
+      if (kg > 0) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          scratch[((kg - 1) * 4 + j) * 64 + nw * 32 + lane] =
+              make_float4(acc[mb][j][0], acc[mb][j][1], acc[mb][j][2], acc[mb][j][3]);
+      }
+      __syncthreads();
+      if (kg == 0) {
+#pragma unroll
+        for (int src = 0; src < kWarpsK - 1; ++src)  // fixed order: deterministic
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float4 v = scratch[(src * 4 + j) * 64 + nw * 32 + lane];
+            acc[mb][j][0] += v.x, acc[mb][j][1] += v.y, acc[mb][j][2] += v.z, acc[mb][j][3] += v.w;
+          }
+      }
+      __syncthreads();
+    }
+    // 2. k group 0 (warps 0, 1) writes the tile, or its partial + takes a ticket; the other
+    //    warps go on with the next piece.
+    if (kg == 0) {
+      const int row0 = slice * kSliceM;
+      const int rows = min(L::kRows, m - row0);
+      // Calls f(row in tile, column in tile, value pair) for this thread's accumulator pairs
+      // (mma C fragment: c0, c1 at row lane / 4, columns 2 (lane % 4) + {0, 1}; c2, c3 at row + 8).
+      auto for_each_pair = [&](auto&& f) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int mb = 0; mb < MB; ++mb)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int row = mb * 16 + lane / 4 + 8 * h;
+              if (row < rows) f(row, nw * 32 + j * 8 + 2 * (lane % 4), acc[mb][j][2 * h], acc[mb][j][2 * h + 1]);
+            }
+      };
+      if (P.pieces(tile) == 1) {
+        for_each_pair([&](int row, int col, float x, float y) {
+          const int gcol = nt * kTileN + col;
+          if (bias) x += static_cast<float>(bias[gcol]), y += static_cast<float>(bias[gcol + 1]);
+          *reinterpret_cast<T2*>(out + static_cast<size_t>(row0 + row) * n + gcol) = Tr::pack(x, y);
+        });
+      } else {
+        float* const slot = args.workspace + static_cast<size_t>(P.slot(blockIdx.x, tile)) * P.slot_rows * kTileN;
+        for_each_pair([&](int row, int col, float x, float y) {
+          __stcg(reinterpret_cast<float2*>(slot + row * kTileN + col), make_float2(x, y));
+        });
+        __threadfence();
+        named_barrier_1<kWarpsN * 32>();  // k group 0's stores are all fenced
+        if (tid == 0) {  // the returned ticket is only read at the end: no stall here
+          const int ticket = atomic_add_acq_rel(args.counters + tile, 1);
+          if (first_piece) {
+            first_tile = tile, first_ticket = ticket;
+          } else {
+            last_tile = tile, last_ticket = ticket;
+          }
+        }
+      }
+    }
+    zero_acc();
+  };
+
+  // Sums the partials of shared tile t in piece order (+ bias) and writes the output; run by
+  // the block whose ticket completed the tile.
+  auto finalize = [&](int t) {
+    int slice, nt;
+    P.tile_coords(t, slice, nt);
+    const int row0 = slice * kSliceM, rows = min(L::kRows, m - row0);
+    const int first = P.first_block(t), count = P.pieces(t);
+    const size_t slot_floats = static_cast<size_t>(P.slot_rows) * kTileN;
+    for (int c = tid; c < rows * (kTileN / 4); c += kThreads) {
+      const int row = c / (kTileN / 4), col = 4 * (c % (kTileN / 4));
+      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int p = 0; p < count; ++p) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(
+            args.workspace + static_cast<size_t>(P.slot(first + p, t)) * slot_floats + row * kTileN + col));
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+      }
+      const int gcol = nt * kTileN + col;
+      float b[4] = {0.f, 0.f, 0.f, 0.f};
+      if (bias) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) b[e] = static_cast<float>(bias[gcol + e]);
+      }
+      T2* dst = reinterpret_cast<T2*>(out + static_cast<size_t>(row0 + row) * n + gcol);
+      dst[0] = Tr::pack(s.x + b[0], s.y + b[1]);
+      dst[1] = Tr::pack(s.z + b[2], s.w + b[3]);
+    }
+    if (tid == 0) args.counters[t] = 0;  // every piece has arrived: leave the counter zero
+  };
+
+  // ---------------------------------------------------------------- main loop
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) load_next(s);
+  int rd = 0, wr = kStages - 1;  // stage of the iteration being computed / next to be loaded
+  cp_async_wait<kStages - 2>();
+  __syncthreads();
+  load_frags(0, 0, 0);
+
+  Cursor cs;
+  cs.start(P, blockIdx.x);
+  int cs_slice, cs_nt;
+  P.tile_coords(cs.tile, cs_slice, cs_nt);
+  const int n_iter = cs.left;
+  bool first_piece = true;
+  for (int it = 0; it < n_iter; ++it) {
+    const int cur = rd;
+#pragma unroll
+    for (int ls = 0; ls < L::kLS; ++ls) {
+      if (ls < L::kLS - 1) load_frags((ls + 1) % 2, rd, ls + 1);
+      if (ls == L::kLS - 2) {
+        // Every warp has read its last fragments of stage cur - 1 (before the previous
+        // iteration's barrier): refill it, then wait for stage cur + 1.
+        load_next(wr);
+        wr = wr + 1 == kStages ? 0 : wr + 1;
+        rd = rd + 1 == kStages ? 0 : rd + 1;
+        cp_async_wait<kStages - 2>();
+        __syncthreads();
+      }
+      if (ls == L::kLS - 1 && it + 1 < n_iter) load_frags(0, rd, 0);
+      mma_step(ls % 2);
+    }
+    if (cs.ends_piece(P)) {
+      finish_piece(cur, cs.tile, cs_slice, cs_nt, first_piece);
+      first_piece = false;
+    }
+    cs.advance(P);
+    if (cs.kt == 0 && cs.left > 0) P.tile_coords(cs.tile, cs_slice, cs_nt);
+  }
+  cp_async_wait<0>();  // only empty groups remain; keeps the exit clean
+
+  // ---------------------------------------------------------------- tickets -> finalisation
+  if (tid == 0) {  // the ticket that completed a tile is pieces - 1
+    finalize_tiles[0] = first_tile >= 0 && first_ticket == P.pieces(first_tile) - 1 ? first_tile : -1;
+    finalize_tiles[1] = last_tile >= 0 && last_ticket == P.pieces(last_tile) - 1 ? last_tile : -1;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (finalize_tiles[e] >= 0) finalize(finalize_tiles[e]);
   }
 }
 
 // ----------------------------------------------------------------- launcher
-// Stream-K partition (m <= kSliceM): one block per SM, each taking ceil(total / num_sms)
-// consecutive (column tile, k tile) iterations.
-inline int iters_per_block(const GemmArgs& args) {
-  const int total = (args.n / kTileN) * (args.k / kTileK);
-  return ceil_div(total, args.num_sms);
-}
-
-template <typename T, int M_BLOCKS, bool HAS_ZEROS>
+template <typename T, int MB, bool HAS_ZEROS>
 cudaError_t launch(const GemmArgs& args, cudaStream_t stream) {
-  auto kernel = gemm_kernel<T, M_BLOCKS, HAS_ZEROS>;
-  constexpr int kSmem = smem_bytes<M_BLOCKS>();
-  QK_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  if (args.m > M_BLOCKS * 16) {
-    // Tile mode: one block per (64-row slice, column tile), whole K (only the 64-row kernel).
-    if constexpr (M_BLOCKS * 16 == kSliceM) {
-      const int items = ceil_div(args.m, kSliceM) * (args.n / kTileN);
-      kernel<<<items, kThreads, kSmem, stream>>>(args, 0);
-      return cudaGetLastError();
-    }
-    return cudaErrorInvalidValue;  // dispatch_m never sends m > rows to the smaller kernels
+  auto kernel = gemm_kernel<T, MB, HAS_ZEROS>;
+  constexpr int kSmem = smem_bytes(MB);
+  // The dynamic shared memory opt-in, once per device (a driver call otherwise on every GEMM).
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  QK_RETURN_IF_CUDA_ERROR(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
+    QK_RETURN_IF_CUDA_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    configured.fetch_or(bit, std::memory_order_relaxed);
   }
-  const int ipb = iters_per_block(args);
-  const int total = (args.n / kTileN) * (args.k / kTileK);
-  kernel<<<ceil_div(total, ipb), kThreads, kSmem, stream>>>(args, ipb);
+  kernel<<<args.part.grid, kThreads, kSmem, stream>>>(args);
   return cudaGetLastError();
 }
 
-// M bucket -> rows per block: 16, 32, 48, 64 (stream-K, one slice); beyond 64, tile mode on 64-row slices.
 template <typename T, bool HAS_ZEROS>
 cudaError_t dispatch_m(const GemmArgs& args, cudaStream_t stream) {
-  if (args.m <= 16) return launch<T, 1, HAS_ZEROS>(args, stream);
-  if (args.m <= 32) return launch<T, 2, HAS_ZEROS>(args, stream);
-  if (args.m <= 48) return launch<T, 3, HAS_ZEROS>(args, stream);
-  return launch<T, 4, HAS_ZEROS>(args, stream);
+  switch (args.part.m_blocks) {
+    case 1: return launch<T, 1, HAS_ZEROS>(args, stream);
+    case 2: return launch<T, 2, HAS_ZEROS>(args, stream);
+    case 3: return launch<T, 3, HAS_ZEROS>(args, stream);
+    case 4: return launch<T, 4, HAS_ZEROS>(args, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace qk::w4a16::detail
