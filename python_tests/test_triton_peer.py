@@ -17,18 +17,13 @@ speed.
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from qkernels.reference.scaled_mm import scaled_mm as ref_scaled_mm
+from qkernels.testing.triton_interpreter import run_interpreted
 
-REPO = Path(__file__).resolve().parents[1]
 FP8 = torch.float8_e4m3fn
 # Small tiles, so the cases below have several M, N and K tiles and partial (masked) edges.
 SMALL = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2)
@@ -37,15 +32,7 @@ A_SCALE_SHAPES = ("[1]", "[M,1]")
 B_SCALE_SHAPES = ("[1]", "[1,N]", "[N]", "[N,1]")
 
 
-def _child_env() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _run_child(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=_child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+_run_child = run_interpreted
 
 
 # ------------------------------------------------------------------ inputs

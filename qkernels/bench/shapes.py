@@ -99,8 +99,32 @@ PRESETS: Dict[str, ModelSpec] = {
         ModelSpec("llama-3.1-70b", 8192, 28672, 64, 8, 80, head_dim=128),
         ModelSpec("qwen3-8b", 4096, 12288, 32, 8, 36, head_dim=128),
         ModelSpec("mixtral-8x7b", 4096, 14336, 32, 8, 32, head_dim=128, num_experts=8, num_experts_per_tok=2),
+        # Qwen/Qwen3-30B-A3B config.json (also its block-FP8 release Qwen3-30B-A3B-FP8): hidden_size 2048,
+        # intermediate_size 6144 (unused: every layer is MoE), moe_intermediate_size 768,
+        # num_attention_heads 32, num_key_value_heads 4, head_dim 128, num_hidden_layers 48,
+        # num_experts 128, num_experts_per_tok 8.
+        ModelSpec("qwen3-30b-a3b", 2048, 6144, 32, 4, 48, head_dim=128, num_experts=128, num_experts_per_tok=8,
+                  moe_intermediate_size=768),
     )
 }
+
+DEEPSEEK_V3_SHAPES: Tuple[LinearShape, ...] = tuple(
+    LinearShape(N=n, K=k, model="deepseek-v3", layer=layer) for layer, n, k in (
+        # DeepSeek-V3/R1 config.json: hidden_size 7168, num_attention_heads 128, q_lora_rank 1536,
+        # kv_lora_rank 512, qk_nope_head_dim 128, qk_rope_head_dim 64, v_head_dim 128,
+        # moe_intermediate_size 2048. The GEMMs of one layer (DeepGEMM's benchmark shapes):
+        ("q_a+kv_a_proj", 2112, 7168),    # q_lora_rank + kv_lora_rank + qk_rope_head_dim, fused
+        ("q_b_proj", 24576, 1536),        # heads * (qk_nope_head_dim + qk_rope_head_dim)
+        ("kv_b_proj", 32768, 512),        # heads * (qk_nope_head_dim + v_head_dim)
+        ("o_proj", 7168, 16384),          # heads * v_head_dim -> hidden
+        ("expert_gate_up", 4096, 7168),   # 2 * moe_intermediate_size (routed and shared experts)
+        ("expert_down", 7168, 2048),
+    )
+)
+"""DeepSeek-V3's Linear shapes, as a list and not a :class:`ModelSpec`: its attention is MLA
+(low-rank q and kv projections, a kv_b_proj that decode absorbs into attention, a 2112-wide
+fused q_a/kv_a projection), which the four-fused-linears model above does not describe, so no
+model-level estimate is made for it. The FP8-block family benchmarks these shapes in every run."""
 
 SYNTHETIC = LinearShape(N=8192, K=8192)
 """The 8192^3 square GEMM (with M = 8192) every family also reports."""

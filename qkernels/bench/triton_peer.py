@@ -30,10 +30,11 @@ autotuning needs a GPU to time on).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
+
+from qkernels.triton_kernels import interpreting as _interpreting
 
 try:  # defensive: a missing or broken Triton only disables this peer
     import triton
@@ -135,14 +136,6 @@ if triton is not None:
                                num_warps=w, num_stages=s) for bm, bn, bk, g, w, s in CONFIGS],
         key=["M", "N", "K"],  # plus the pointer dtypes, which the autotuner always adds
     )(_scaled_mm_kernel)
-
-
-def _interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _max_offset(t: torch.Tensor) -> int:
