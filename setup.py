@@ -4,9 +4,12 @@ Build switches (environment variables; README "Build switches"):
   QKERNELS_CUDA_ARCHS   e.g. "90a" or "80;89;90a" or "min". Default: the visible GPU's
                         arch ("90a" on Hopper); with no GPU, "min" = every CUDA source
                         compiled once, at the lowest arch its family supports.
-  QKERNELS_FAMILIES     "all" (default) or a list of quant;scaled_mm;w4a16;sparse24
+  QKERNELS_FAMILIES     "all" (default) or a list of quant;scaled_mm;w4a16;sparse24;fp8_block
   QKERNELS_PTX          1: also embed PTX for the non-sm90a sources (lets sm75/80/89
                         kernels JIT on an H100 for testing; see QKERNELS_FORCE_ARCH)
+  QKERNELS_SASS_FOR     e.g. 90: also build the groups QKERNELS_CUDA_ARCHS skips, as sm_90
+                        machine code from their own lowest virtual arch (compute_80 -> sm_90):
+                        the sm75/80/89 paths run on an H100 without PTX JIT (test builds)
   QKERNELS_BUILD_TYPE   Release (default) or Debug
   QKERNELS_SKIP_CUDA    1: build no CUDA code (the ops run on their CPU references)
   QKERNELS_CUTLASS_DIR  a CUTLASS checkout to use instead of the nvidia-cutlass wheel
@@ -26,7 +29,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-ALL_FAMILIES = ["quant", "scaled_mm", "w4a16", "sparse24"]
+ALL_FAMILIES = ["quant", "scaled_mm", "w4a16", "sparse24", "fp8_block"]
 
 
 def _log(msg: str) -> None:
@@ -83,6 +86,27 @@ def parse_families(value: str) -> list:
     return fams
 
 
+def parse_cmake_build_info(text: str) -> dict:
+    """The fields of CMake's ``build_info.txt`` that go into ``_build_info.json``.
+
+    ``groups``: {family: {tag: [archs with machine code]}}; ``retargeted``: {family: {tag:
+    virtual arch}} for the groups built by ``QKERNELS_SASS_FOR`` (their only machine code is
+    ``sm_<sass_for>``, generated from that virtual arch: they run on that GPU only).
+    """
+    raw = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    groups: dict = {}
+    retargeted: dict = {}
+    for g in filter(None, raw.get("groups", "").split(";")):
+        fam, tag, archs_csv, *virtual = g.split(":")
+        groups.setdefault(fam, {})[tag] = archs_csv.split(",")
+        if virtual:
+            retargeted.setdefault(fam, {})[tag] = virtual[0]
+    info = {"cuda": raw.get("cuda"), "groups": groups}
+    if raw.get("sass_for"):
+        info.update(sass_for=raw["sass_for"], retargeted=retargeted)
+    return info
+
+
 def write_build_info(path: str, info: dict) -> None:
     with open(path, "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
@@ -103,9 +127,12 @@ class CMakeBuild(build_ext):
         archs = os.environ.get("QKERNELS_CUDA_ARCHS") or default_archs()
         families = parse_families(os.environ.get("QKERNELS_FAMILIES", "all"))
         ptx = os.environ.get("QKERNELS_PTX", "0") == "1"
+        sass_for = os.environ.get("QKERNELS_SASS_FOR", "").strip()
+        if sass_for and not sass_for.isdigit():
+            raise RuntimeError(f"QKERNELS_SASS_FOR={sass_for!r}: expected an arch number such as 90.")
         build_type = os.environ.get("QKERNELS_BUILD_TYPE", "Release")
         torch_dir = os.path.dirname(torch.__file__)
-        cache_key = hashlib.sha1(f"{archs}|{families}|{ptx}|{build_type}|{torch.__version__}".encode()).hexdigest()[:8]
+        cache_key = hashlib.sha1(f"{archs}|{families}|{ptx}|{sass_for}|{build_type}|{torch.__version__}".encode()).hexdigest()[:8]
         build_dir = os.environ.get("QKERNELS_BUILD_DIR") or os.path.join(ROOT, "build", f"cmake-{cache_key}")
         os.makedirs(build_dir, exist_ok=True)
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
@@ -117,6 +144,7 @@ class CMakeBuild(build_ext):
             f"-DQK_ARCHS={archs}",
             f"-DQK_FAMILIES={';'.join(families)}",
             f"-DQK_PTX={'ON' if ptx else 'OFF'}",
+            f"-DQK_SASS_FOR={sass_for}",
             f"-DQK_CUTLASS_DIR={cutlass_dir()}",
             f"-DQK_TORCH_INCLUDE_DIRS={torch_dir}/include;{torch_dir}/include/torch/csrc/api/include",
             f"-DQK_TORCH_LIB_DIR={torch_dir}/lib",
@@ -124,19 +152,15 @@ class CMakeBuild(build_ext):
             f"-DQK_OUTPUT_DIR={out_dir}",
             f"-DQK_LIB_NAME={lib_name}",
         ]
-        _log(f"archs={archs} families={families} ptx={ptx} build_type={build_type} jobs={jobs} dir={build_dir}")
+        _log(f"archs={archs} families={families} ptx={ptx} sass_for={sass_for or '-'} build_type={build_type} jobs={jobs} dir={build_dir}")
         subprocess.check_call(args)
         subprocess.check_call([cmake, "--build", build_dir, "--", f"-j{jobs}"])
         # build_info.txt (written by CMake) -> _build_info.json next to the library
-        raw = dict(line.split("=", 1) for line in open(os.path.join(build_dir, "build_info.txt")).read().splitlines() if "=" in line)
-        groups: dict = {}
-        for g in filter(None, raw.get("groups", "").split(";")):
-            fam, tag, archs_csv = g.split(":")
-            groups.setdefault(fam, {})[tag] = archs_csv.split(",")
+        with open(os.path.join(build_dir, "build_info.txt")) as f:
+            cmake_info = parse_cmake_build_info(f.read())
         info = {
             "built": True, "archs_requested": archs, "families_requested": families, "ptx": ptx,
-            "build_type": build_type, "cuda": raw.get("cuda"), "torch": torch.__version__,
-            "groups": groups,
+            "build_type": build_type, "torch": torch.__version__, **cmake_info,
         }
         # Next to the library (wheel builds) and in the source tree (editable installs
         # copy only the library itself back into the tree).

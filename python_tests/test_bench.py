@@ -303,7 +303,89 @@ def test_quant_entry_on_cpu_reference(tmp_path):
     w = R.ResultsWriter(tmp_path, "quant", dict(PROV))
     with w:
         run_suite(ctx, [small], shapes[:1], [1, 5], w, log=open("/dev/null", "w"))
-    rows = R.load(tmp_path / "quant.json")["rows"]
+    doc = R.load(tmp_path / "quant.json")
+    rows = doc["rows"]
     assert len(rows) == 6 * 2 * 2  # 6 variants x 2 M x (qkernels + torch_eager)
     assert all(r["rel_err"] == 0.0 for r in rows if r["impl"] == "qkernels")  # reference vs itself
     assert {r["family"] for r in rows} == {"quant_fp8", "quant_int8"}
+    # The per-token-group variants (where qkernels.ops.fp8_block is installed) need K % group == 0:
+    # at K = 48 each is recorded as skipped, with the op's error.
+    group = [v for v in quant.variants(False) if "group" in v]
+    assert sorted(s["variant"] for s in doc["provenance"].get("skipped", [])) == sorted(group)
+
+
+def test_fp8_block_entry_on_cpu_reference(tmp_path):
+    """The block-FP8 entry on the CPU reference ops with the fake timer: its shapes (DeepSeek-V3's
+    added, K % 128 != 0 and N % 16 != 0 dropped), a qkernels row per variant and M with the bf16 baseline; the
+    Triton peer cannot run on CPU outside Triton's interpreter and is left out
+    (``python_tests/test_triton_fp8_block.py`` runs it through the interpreter)."""
+    pytest.importorskip("qkernels.ops.fp8_block")
+    from qkernels.bench.entries import fp8_block as entry
+    from qkernels.bench.shapes import DEEPSEEK_V3_SHAPES
+
+    given = [LinearShape(64, 48, "m", "l"), LinearShape(200, 256, "m", "n200"), LinearShape(208, 256, "m", "l2"),
+             LinearShape(2112, 7168, "m", "dup")]
+    shapes, ms = entry.select(given, [1, 5], quick=False)
+    assert [(s.N, s.K) for s in shapes] == [(208, 256)] + [(s.N, s.K) for s in DEEPSEEK_V3_SHAPES] and ms == [1, 5]
+    assert shapes[1].layer == "dup"  # first occurrence wins
+    assert [(s.N, s.K) for s in entry.select([], [1], quick=True)[0]] == [(2112, 7168)]
+    assert bench_cli.bench_parser().parse_args(["-f", "fp8_block"]).family == ["fp8_block"]
+    small = type("SmallFp8Block", (), {k: staticmethod(getattr(entry, k)) for k in ("available", "variants", "prepare",
+                                                                                     "run")})
+    small.NAME, small.GEMM = entry.NAME, entry.GEMM  # without select(): no DeepSeek-V3 shapes on CPU
+    w = R.ResultsWriter(tmp_path, "fp8_block", dict(PROV))
+    with w:
+        run_suite(cpu_ctx(), [small], shapes[:1], [1, 5], w, log=open("/dev/null", "w"))
+    rows = R.load(tmp_path / "fp8_block.json")["rows"]
+    assert [(r["impl"], r["M"], r["variant"]) for r in rows] == [
+        ("torch_bf16", 1, None), ("qkernels", 1, "g128 dynamic"), ("torch_bf16", 5, None),
+        ("qkernels", 5, "g128 dynamic"), ("qkernels", 1, "g128 dynamic ue8m0"), ("qkernels", 5, "g128 dynamic ue8m0")]
+    q = [r for r in rows if r["impl"] == "qkernels"]
+    assert all(r["family"] == "fp8_block" and r["rel_err"] == 0.0 for r in q)  # reference vs itself
+    assert all(r["speedup_vs_bf16"] is not None and r["tflops"] is not None for r in q)
+    # bytes: a (8 bits + a float32 per 128), b (8 bits + a float32 per 128x128), bf16 out
+    r5 = next(r for r in q if r["M"] == 5)
+    want = (5 * 256 * (1 + 4 / 128) + 208 * 256 * (1 + 4 / 128**2) + 5 * 208 * 2) / (r5["time_us"] * 1e-6) / 1e9
+    assert r5["gbps"] == pytest.approx(want, abs=0.006)  # rows keep 2 decimals
+
+
+def test_fp8_block_weight_quantisation():
+    """quantize_weight_blockwise: one scale per 128x128 block (partial last block row), dequantises
+    to the weight within e4m3's precision; UE8M0 scales are powers of two."""
+    from qkernels.bench.entries.fp8_block import quantize_weight_blockwise
+    from qkernels.reference.fp8_block import dequant_weight
+
+    w = torch.randn(200, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    w[130:, 128:] *= 100  # one block with a much larger range: its own scale
+    for ue8m0 in (False, True):
+        q, s = quantize_weight_blockwise(w, ue8m0)
+        assert q.dtype == torch.float8_e4m3fn and q.shape == (200, 256) and s.shape == (2, 2)
+        assert s[1, 1] > 50 * s[1, 0]
+        if ue8m0:
+            assert torch.equal(torch.exp2(torch.log2(s).round()), s)
+        err = (dequant_weight(q, s) - w.float()).abs()
+        assert bool((err <= 2.0**-3 * w.float().abs() + s.repeat_interleave(128, 0)[:200].repeat_interleave(128, 1)
+                     * 2.0**-9).all())
+
+
+def test_quant_group_variants_on_cpu_reference(tmp_path):
+    """The quant entry's per-token-group variants (family quant_fp8_group) at K = 256: bytes include
+    one float32 scale per group."""
+    pytest.importorskip("qkernels.ops.fp8_block")
+    from qkernels.bench.entries import quant
+
+    group = [v for v in quant.variants(False) if "group" in v]
+    assert group == ["fp8 dynamic group128", "fp8 dynamic group128 col-major ue8m0", "fp8 dynamic group64"]
+    small = type("Small", (), {"NAME": "quant", "GEMM": False, "available": staticmethod(quant.available),
+                               "variants": staticmethod(lambda quick: group),
+                               "prepare": staticmethod(quant.prepare), "run": staticmethod(quant.run)})
+    w = R.ResultsWriter(tmp_path, "quant", dict(PROV))
+    with w:
+        run_suite(cpu_ctx(), [small], [LinearShape(None, 256)], [3], w, log=open("/dev/null", "w"))
+    rows = R.load(tmp_path / "quant.json")["rows"]
+    assert [(r["variant"], r["impl"]) for r in rows] == [(v, i) for v in group for i in ("qkernels", "torch_eager")]
+    for r in rows:
+        assert r["family"] == "quant_fp8_group" and r["dtypes"]["out"] == "float8_e4m3fn"
+        groups = 256 // (64 if r["variant"].endswith("group64") else 128)
+        assert r["gbps"] == pytest.approx((3 * 256 * 3 + 3 * groups * 4) / (r["time_us"] * 1e-6) / 1e9, abs=0.006)
+    assert all(r["rel_err"] == 0.0 for r in rows if r["impl"] == "qkernels")

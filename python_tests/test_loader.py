@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -31,6 +32,9 @@ from qkernels.nn import linear as L
 from qkernels.nn.config import QuantConfig, find_quantization_config
 from qkernels.nn.fuse import fuse_shards, requantize_to_max_scale
 from qkernels.nn.loader import quantized_modules, read_safetensors
+from qkernels.nn.tp import COLUMN, ROW, shard
+from qkernels.ops import fp8_block
+from qkernels.reference import fp8_block as fp8_block_ref
 from qkernels.testing.numerics import assert_close_rel
 
 ct = pytest.importorskip("compressed_tensors")
@@ -80,6 +84,10 @@ CASES = {
     "w4a16-sym-g128": ("llama", {"W4A16": ["Linear"]}, False, "w4a16 sym g128", 1e-2),
     "w4a16-asym-g32": ("qwen2", _group(_w4(32, False)), False, "w4a16 asym g32", 1e-2),
     "w4a16-channel": ("llama", _group(_w4(-1, True)), False, "w4a16 sym g-1", 1e-2),
+    "w4a16-asym-g64": ("qwen2", _group(_w4(64, False)), False, "w4a16 asym g64", 1e-2),  # Hopper path: asym + bias
+    # FP8_BLOCK: k/v_proj have N = 64 (a partial block row), down_proj K = 256 (two K blocks)
+    "fp8-block": ("qwen2", {"FP8_BLOCK": ["Linear"]}, False, "fp8 block128x128 scaled_mm, fp8 dynamic per-token "
+                                                               "group128", 8e-2),
 }
 
 
@@ -117,6 +125,9 @@ def _linear_inputs(model, ids):
 
 def _x_hat(module, x):
     """The input as the layer's activation quantization sees it (identity for W4A16 / dequantized)."""
+    if isinstance(module, L.FP8BlockLinear):
+        q, s = fp8_block.per_token_group_quant(x.reshape(-1, x.shape[-1]).contiguous(), 128)
+        return fp8_block_ref.dequant_groups(q, s, 128).reshape(x.shape)
     if not isinstance(module, (L.W8A8Linear, L.Sparse24Linear)):
         return x.float()
     q, s, azp = module._quantize_input(x.reshape(-1, x.shape[-1]).contiguous())
@@ -354,8 +365,8 @@ def test_config_target_matching():
     ({"format": "marlin-24"}, "'marlin-24' is not supported"),
     ({"format": "something-new"}, "'something-new' is not supported"),
     ({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float",
-                                                                 "strategy": "block", "block_structure": [128, 128]}}}},
-     "strategy = 'block' is not supported"),
+                                                                 "strategy": "block", "block_structure": [64, 64]}}}},
+     r"block_structure = \[64, 64\] is not supported; supported: \[128, 128\]"),
     ({"config_groups": {"g": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "mx"}}}}, "type = 'mx'"),
     ({"config_groups": {"NVFP4": ["Linear"]}}, "'NVFP4' is not a preset scheme qkernels knows"),
     ({"config_groups": {"g": {"weights": {"num_bits": 8}}}}, "targets is empty or missing"),
@@ -424,6 +435,158 @@ def test_weight_only_8bit_is_listed_as_high_precision(tmp_path):
     assert attn and all(layer.high_precision and "ignored" in layer.kernel for layer in attn)  # CT lists them
 
 
+# ------------------------------------------------------------------------------ FP8_BLOCK beyond the CASES model
+def test_fp8_block_multi_block_partial_n_and_k(tmp_path):
+    """hidden 256, intermediate 320: several K blocks (K = 256), gate/up with a partial last block row
+    (N = 320 = 2.5 blocks) on the kernel; down_proj (K = 320, not a multiple of 128) falls back to a
+    dequantized layer that says why. All against compressed-tensors' decompression."""
+    model = mk.tiny_model("llama", hidden=256, intermediate=320)
+    original = copy.deepcopy(model)
+    mk.write_checkpoint(model, str(tmp_path), {"FP8_BLOCK": ["Linear"]})
+    loaded, report = load_checkpoint(str(tmp_path))
+    kinds = {layer.name.rsplit(".", 1)[-1]: layer for layer in report.layers}
+    assert "last block row 64 of 128" in kinds["gate_proj"].kernel and "fp8 block128x128" in kinds["q_proj"].kernel
+    down = kinds["down_proj"]
+    assert down.high_precision and "FP8 block GEMM needs K % 128 == 0" in down.kernel, str(report)
+    ids = mk.calibration_ids(seed=9)
+    w_ct = mk.ct_decompressed_weights(str(tmp_path))
+    for name, module in quantized_modules(loaded):
+        assert_close_rel(module.dequantize(), w_ct[name].float(), 1e-2, name)
+    _check_linears(loaded, str(tmp_path), ids)
+    with torch.no_grad():
+        ref = mk.decompressed_model(str(tmp_path), original)
+        assert_close_rel(loaded(ids).logits, ref(ids).logits, 8e-2, "fp8 block logits")
+
+
+def test_fp8_block_fuse_and_shard(checkpoints):
+    """Fused gate_up keeps its per-block scales (exactly the two layers side by side); a fused qkv whose
+    k part has N = 64 (not a multiple of 128, not last) is refused; tensor-parallel shards keep whole blocks."""
+    folder, _ = checkpoints("fp8-block")
+    sd = read_safetensors(folder)
+    scheme = parse_quantization_config(mk.quantization_config(folder)).groups[0]
+    pre = "model.layers.0."
+    part = lambda p: {k[len(pre + p) + 1:]: v for k, v in sd.items() if k.startswith(pre + p + ".")}  # noqa: E731
+    gate, up = part("mlp.gate_proj"), part("mlp.up_proj")
+    fused = fuse_shards([gate, up], ["gate_proj", "up_proj"])
+    assert fused["weight_scale"].shape == (4, 1)
+    mk_lin = lambda t, n: L.make_linear(n, t, scheme, "float-quantized", act_dtype=torch.bfloat16,  # noqa: E731
+                                        device="cpu")
+    x = torch.randn(5, 128, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(mk_lin(fused, "gate_up")(x), torch.cat([mk_lin(gate, "g")(x), mk_lin(up, "u")(x)], -1),
+                                   rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"block-scaled shards \[\('k_proj', 64\)\] have N not a multiple"):
+        fuse_shards([part("self_attn.q_proj"), part("self_attn.k_proj"), part("self_attn.v_proj")],
+                    ["q_proj", "k_proj", "v_proj"])
+    down = part("mlp.down_proj")  # [128, 256]: two K blocks
+    halves = [shard(down, scheme, "float-quantized", ROW, r, 2, "down") for r in (0, 1)]
+    assert [h["weight_scale"].shape for h in halves] == [(1, 1), (1, 1)]
+    with torch.no_grad():
+        xs = torch.randn(3, 256, dtype=torch.bfloat16)
+        parts = [mk_lin(h, f"d{r}")(xs[:, r * 128:(r + 1) * 128]).float() for r, h in enumerate(halves)]
+        assert_close_rel(parts[0] + parts[1], mk_lin(down, "down")(xs).float(), 1e-2, "row-parallel fp8 block")
+    with pytest.raises(CheckpointError, match="must hold whole 128x128 blocks"):
+        shard(up, scheme, "float-quantized", COLUMN, 0, 4, "up")
+
+
+# ------------------------------------------------------------------------------ model dtypes the kernels do not take
+@pytest.mark.parametrize("case", ["w8a8-int8-dyn-token", "fp8-2:4", "w4a16-asym-g32"])
+def test_float32_model_casts_around_the_kernels(checkpoints, case):
+    """dtype=float32: every quantized layer runs its kernel in bfloat16 and casts (the report says so);
+    each layer matches compressed-tensors' weight as in the bfloat16 tests, and the float32 logits
+    the decompressed float32 model."""
+    folder, original = checkpoints(case)
+    model, report = load_checkpoint(folder, dtype=torch.float32)
+    assert all("bfloat16 kernel, cast to float32" in layer.kernel for layer in report.quantized), str(report)
+    assert len(report.quantized) == 7 and any("model dtype float32" in n for n in report.notes)
+    ids = mk.calibration_ids(seed=8)
+    _check_linears(model, folder, ids)
+    with torch.no_grad():
+        out = model(ids).logits
+        assert out.dtype == torch.float32
+        ref = mk.decompressed_model(folder, original).float()
+        assert_close_rel(out, ref(ids).logits, CASES[case][4], f"{case}: float32 vs decompressed")
+
+
+def test_float32_from_config_json_and_the_other_policies(checkpoints, tmp_path):
+    """A checkpoint whose config.json says float32 (the loader follows it) gets the same treatment;
+    'dequantize' keeps float32 math on dequantized weights; 'error' names the module."""
+    src, _ = checkpoints("w8a8-int8-dyn-token")
+    folder = tmp_path / "f32"
+    shutil.copytree(src, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["dtype"] = cfg["torch_dtype"] = "float32"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model, report = load_checkpoint(str(folder))
+    assert all(layer.kernel.endswith("bfloat16 kernel, cast to float32, reference (cpu)") for layer in report.quantized)
+    with torch.no_grad():
+        assert model(mk.calibration_ids(seed=2)).logits.dtype == torch.float32
+    deq, report = load_checkpoint(str(folder), unsupported_dtype="dequantize")
+    assert len(report.quantized) == 0 and len(report.high_precision) == 8
+    assert all("model dtype float32" in layer.kernel for layer in report.high_precision if layer.name != "lm_head")
+    with torch.no_grad():  # exact float32 math: the difference is the int8 activation quantization only
+        assert_close_rel(deq(mk.calibration_ids(seed=2)).logits, model(mk.calibration_ids(seed=2)).logits, 5e-2,
+                         "dequantized float32 vs cast")
+    with pytest.raises(CheckpointError, match=r"model.layers.0.self_attn.q_proj: the model dtype is torch.float32"):
+        load_checkpoint(str(folder), unsupported_dtype="error")
+
+
+def test_module_without_cast_names_the_problem():
+    """A module built for bfloat16 and then given float32 input says what to do (no bare op error)."""
+    w = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    mod = L.W8A8Linear(w, torch.full((32, 1), 0.01), L.ActQuant(torch.int8, True, False, True), kernel="test")
+    with pytest.raises(RuntimeError, match="input is torch.float32, but the kernel takes float16 / bfloat16"):
+        mod(torch.randn(2, 64))
+
+
+# ------------------------------------------------------------------------------ unreadable files, bit widths
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_corrupt_safetensors_names_the_file(checkpoints, tmp_path, damage):
+    src, _ = checkpoints("w8a8-int8-dyn-token")
+    folder = tmp_path / damage
+    shutil.copytree(src, folder)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:8] + b"{not json" + data[17:])
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}: not a readable safetensors file .* truncated or corrupt"):
+        load_checkpoint(str(folder))
+
+
+def test_unsupported_pack_bits_named(checkpoints):
+    """num_bits=3 in a pack-quantized config is reported as an unsupported bit width, not a shape error."""
+    folder, original = checkpoints("w4a16-sym-g128")
+    qcfg = json.loads(json.dumps(mk.quantization_config(folder)))
+    for group in qcfg["config_groups"].values():
+        group["weights"]["num_bits"] = 3
+    with pytest.raises(CheckpointError, match=r"pack-quantized weights with num_bits=3 are not supported; "
+                                              r"qkernels reads num_bits in \(2, 4, 8\)"):
+        apply_checkpoint(copy.deepcopy(original), qcfg, read_safetensors(folder))
+
+
+# ------------------------------------------------------------------------------ .weight of quantized modules
+@pytest.mark.parametrize("case", ["w4a16-asym-g32", "fp8-2:4", "w8a8-int8-dyn-token"])
+def test_weight_and_dequantize(checkpoints, case, recwarn):
+    """Every module's dequantize() is compressed-tensors' decompressed weight; W4A16 / 2:4 modules expose
+    it as a read-only .weight (one warning per class), W8A8 keeps the stored int8 / fp8 .weight buffer."""
+    folder, _ = checkpoints(case)
+    model, _ = load_checkpoint(folder)
+    w_ct = mk.ct_decompressed_weights(folder)
+    mods = quantized_modules(model)
+    for name, module in mods:
+        w = module.dequantize()
+        assert w.shape == (module.out_features, module.in_features) and w.dtype == torch.float32
+        assert_close_rel(w, w_ct[name].float(), 1e-2, name)  # compressed-tensors rounds W to bf16
+        assert module.weight.shape == (module.out_features, module.in_features)
+    name, module = mods[0]
+    if isinstance(module, L.W8A8Linear):
+        assert module.weight.dtype == torch.int8 and not recwarn.list
+        return
+    assert torch.equal(module.weight, module.dequantize())
+    assert len([w for w in recwarn.list if "dequantizes" in str(w.message)]) <= 1  # once per class (and process)
+    with pytest.raises(AttributeError, match="cannot be set"):
+        module.weight = torch.zeros(1)
+
+
 # ------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", list(CASES))
@@ -445,3 +608,209 @@ def test_formats_on_gpu(checkpoints, case):
         assert_close_rel(out, cpu_model(ids.cpu()).logits, 2e-2, f"{case}: GPU kernels vs CPU reference")
         ref = mk.decompressed_model(folder, original)
         assert_close_rel(out, ref(ids.cpu()).logits, logit_tol, f"{case}: GPU logits vs decompressed bf16")
+
+
+# ------------------------------------------------------------------------------ W4A16: Marlin + Hopper layouts
+HOPPER_MIN_M = "w4a16/sm90/hopper_min_m"
+
+
+class _PathSpy:
+    """Counts the W4A16 GEMMs a forward runs, by path (wraps the wrappers qkernels.nn.linear calls)."""
+
+    def __init__(self, monkeypatch):
+        from qkernels.ops import w4a16, w4a16_hopper
+
+        self.calls = []
+        for path, mod in (("marlin", w4a16), ("hopper", w4a16_hopper)):
+            real = mod.gemm
+            monkeypatch.setattr(mod, "gemm", lambda x, w, bias=None, _r=real, _p=path: (self.calls.append(_p),
+                                                                                      _r(x, w, bias))[1])
+
+    def take(self):
+        out, self.calls = self.calls, []
+        return out
+
+
+def _paired_modules(on, off):
+    return list(zip(quantized_modules(on), quantized_modules(off)))
+
+
+@pytest.mark.parametrize("case, act_order", [("w4a16-sym-g128", False), ("w4a16-asym-g64", False),
+                                             ("w4a16-asym-g64", True), ("w4a16-channel", False)])
+def test_w4a16_hopper_layout_on_cpu(checkpoints, case, act_order, tmp_path, monkeypatch):
+    """w4a16_hopper="on" on a CPU model: every layer keeps both layouts (the Hopper one prepared by the
+    reference ops, sharing scales and perm), the forward runs the Marlin op below the threshold and the
+    Hopper op from it, and both match the Marlin-only model's layer (the CPU impls are the two
+    references: this checks the layout plumbing, the shared tensors, zero points, act-order, bias)."""
+    from qkernels.ops import w4a16_hopper as H
+    from qkernels.reference import w4a16 as ref_m
+    from qkernels.reference import w4a16_hopper as ref_h
+
+    folder, _ = checkpoints(case)
+    if act_order:
+        shutil.copytree(folder, tmp_path / "ckpt")
+        folder = str(tmp_path / "ckpt")
+        mk.add_act_order(folder, seed=3)
+    on, report = load_checkpoint(folder, w4a16_hopper="on")
+    off, report_off = load_checkpoint(folder, w4a16_hopper="off")
+    m0 = H.hopper_min_m()
+    both = f", marlin + hopper (M >= {m0}), reference (cpu)"
+    assert all(both in layer.kernel for layer in report.quantized), str(report)
+    assert all(layer.kernel.endswith(", marlin, reference (cpu)") for layer in report_off.quantized), str(report_off)
+    spy = _PathSpy(monkeypatch)
+    torch.manual_seed(0)
+    for (name, a), (_, b) in _paired_modules(on, off):
+        assert a.has_hopper and not b.has_hopper, name
+        assert a.hopper_b.shape == (a.in_features // 16, a.out_features // 16, 32)
+        assert (a.perm is not None) == act_order and (a.hopper_zeros.any().item() == (a.zeros is not None))
+        # the same checkpoint: the Hopper layout dequantizes to the Marlin layout's weight (sorted k)
+        w_h = ref_h.dequantize_prepacked(a.hopper_b, a.scales, a.hopper_zeros if a.zeros is not None else None,
+                                         a.group_size).float()
+        w_m = ref_m.dequantize_kernel_layout(a.qweight, a.scales, a.zeros, a.group_size).float()
+        assert_close_rel(w_h, w_m, 1e-2, name)  # bit-exact when symmetric; z' rounds once when asymmetric
+        if a.zeros is None:
+            assert torch.equal(w_h, w_m), name
+        assert torch.equal(a.dequantize(), b.dequantize()), name
+        assert sorted(a.state_dict()) == sorted(b.state_dict()), name  # the Hopper buffers are derived, not saved
+        for m in (1, m0 - 1, m0, m0 + 37):
+            x = torch.randn(m, a.in_features, dtype=torch.bfloat16)
+            with torch.no_grad():
+                got, want = a(x), b(x)
+            assert spy.take() == ["hopper" if m >= m0 else "marlin", "marlin"], (name, m)
+            assert_close_rel(got, want, 1e-2, f"{name} M={m}")
+            if a.zeros is None and m >= m0:
+                torch.testing.assert_close(got, want, rtol=0, atol=0)  # the two references: same math
+        x3 = torch.randn(2, (m0 + 1) // 2 + 1, a.in_features, dtype=torch.bfloat16)  # 3-D input: rows = 2 x seq
+        with torch.no_grad():
+            assert_close_rel(a(x3), b(x3), 1e-2, f"{name} 3-D")
+        assert spy.take() == ["hopper", "marlin"]
+
+
+def test_w4a16_hopper_report_and_options(checkpoints):
+    folder, _ = checkpoints("w4a16-asym-g32")
+    _, report = load_checkpoint(folder, w4a16_hopper="on")  # group 32: the Hopper path cannot take it
+    assert all(layer.kernel.endswith(", marlin only (hopper: group size 32 not supported (runs -1, 64, 128)), "
+                                     "reference (cpu)") for layer in report.quantized), str(report)
+    folder, _ = checkpoints("w4a16-sym-g128")
+    model, report = load_checkpoint(folder)  # "auto" on CPU: the references gain nothing from a second layout
+    assert all(layer.kernel == "w4a16 sym g128, marlin, reference (cpu)" for layer in report.quantized), str(report)
+    assert not any(m.has_hopper for _, m in quantized_modules(model))
+    with pytest.raises(ValueError, match=r"w4a16_hopper = 'yes'; choose from \('auto', 'on', 'off'\)"):
+        load_checkpoint(folder, w4a16_hopper="yes")
+    _, report = load_checkpoint(folder, dtype=torch.float32, w4a16_hopper="on")  # cast: both layouts in bf16
+    assert all("marlin + hopper" in layer.kernel and "cast to float32" in layer.kernel for layer in report.quantized)
+
+
+def test_w4a16_hopper_sm80_and_no_kernels(checkpoints, monkeypatch):
+    """The per-GPU decision, on CPU tensors: "on" on an sm80 GPU or on an sm90 without the sm90a
+    kernels keeps Marlin only and says why; "auto" says nothing on sm80 (Marlin is the only path)."""
+    from qkernels.ops import w4a16_hopper as H
+
+    folder, _ = checkpoints("w4a16-sym-g128")
+    sd, qcfg = read_safetensors(folder), parse_quantization_config(mk.quantization_config(folder))
+    name = "model.layers.0.mlp.up_proj"
+    monkeypatch.setattr(L, "device_capability", lambda device: 80)
+    mk_lin = lambda policy: L.make_linear(name, _tensors(sd, name), qcfg.groups[0], "pack-quantized",  # noqa: E731
+                                          act_dtype=torch.bfloat16, device="cpu", w4a16_hopper=policy)
+    assert mk_lin("on").kernel == ("w4a16 sym g128, marlin only (hopper: needs sm90 with the sm90a kernels built, "
+                                   "this GPU is sm80) (sm80)")
+    assert mk_lin("auto").kernel == "w4a16 sym g128, marlin (sm80)"
+    monkeypatch.setattr(L, "device_capability", lambda device: 90)
+    monkeypatch.setattr(H, "supported", lambda cap: False)
+    assert "marlin only (hopper: needs sm90 with the sm90a kernels built, this build has none)" in mk_lin("auto").kernel
+    monkeypatch.setattr(H, "supported", lambda cap: cap == 90)  # as on an H100 with the kernels: both layouts
+    mod = mk_lin("auto")
+    assert mod.has_hopper and mod.kernel == f"w4a16 sym g128, marlin + hopper (M >= {H.hopper_min_m()}) (sm90)"
+    assert not mk_lin("off").has_hopper
+
+
+def test_w4a16_hopper_threshold_from_the_config(checkpoints, monkeypatch):
+    """The switch point is the per-GPU config's threshold, read at each call (and shown in the report
+    when the config was applied before the load); a layer's own hopper_min_m overrides it."""
+    from qkernels import configs
+
+    folder, _ = checkpoints("w4a16-sym-g128")
+    monkeypatch.setattr(configs, "_threshold_values", dict(configs._threshold_values))
+    monkeypatch.setattr(configs, "_state", configs._state)
+    monkeypatch.setattr(configs, "library_tables", lambda: None)  # thresholds only: the kernel tables stay put
+    configs.apply({"schema": configs.SCHEMA, "provenance": {"origin": "hand-written"}, "tables": {},
+                   "thresholds": {HOPPER_MIN_M: 8}})
+    model, report = load_checkpoint(folder, w4a16_hopper="on")
+    assert all("marlin + hopper (M >= 8)" in layer.kernel for layer in report.quantized), str(report)
+    spy = _PathSpy(monkeypatch)
+    _, mod = quantized_modules(model)[0]
+    with torch.no_grad():
+        for m, path in ((7, "marlin"), (8, "hopper")):
+            mod(torch.randn(m, mod.in_features, dtype=torch.bfloat16))
+            assert spy.take() == [path], m
+        configs.apply({"schema": configs.SCHEMA, "provenance": {}, "tables": {}, "thresholds": {HOPPER_MIN_M: 64}})
+        mod(torch.randn(8, mod.in_features, dtype=torch.bfloat16))
+        assert spy.take() == ["marlin"]  # the new config applies to the loaded model at once
+        mod.hopper_min_m = 4
+        mod(torch.randn(4, mod.in_features, dtype=torch.bfloat16))
+        assert spy.take() == ["hopper"]
+    with pytest.raises(ValueError, match="hopper_min_m = 0: pass an int >= 1"):
+        L.W4A16Linear(mod._weight(), None, "", None, mod._hopper_weight(), hopper_min_m=0)
+
+
+def test_w4a16_hopper_layouts_must_match():
+    from qkernels.ops import w4a16, w4a16_hopper as H
+    from qkernels.reference import w4a16 as ref_m
+
+    u = torch.randint(0, 16, (128, 256), dtype=torch.int32)
+    packed = ref_m.pack_int4(u)
+    scale = torch.rand(128, 2) * 0.01 + 0.001
+    m = w4a16.prepare_weight(packed, scale, group_size=128)
+    L.W4A16Linear(m, hopper=H.prepare_weight(packed, scale, group_size=128, scales=m.scales))  # fine
+    with pytest.raises(ValueError, match="differ: prepare both from the same checkpoint"):
+        L.W4A16Linear(m, hopper=H.prepare_weight(packed, torch.rand(128, 1), group_size=-1))
+    with pytest.raises(ValueError, match="scales differ from the Marlin weight's"):
+        L.W4A16Linear(m, hopper=H.prepare_weight(packed, scale * 2, group_size=128))
+
+
+@pytest.mark.parametrize("extra_gb, policy, keep", [(3.5, "auto", True), (20.0, "auto", True), (35.0, "auto", False),
+                                                    (35.0, "on", True)])
+def test_w4a16_hopper_auto_memory_budget(extra_gb, policy, keep):
+    from qkernels.nn.loader import W4A16_HOPPER_AUTO_MAX_FRACTION, w4a16_hopper_budget
+
+    total = 80 * 2**30  # an H100
+    ok, note = w4a16_hopper_budget(policy, int(extra_gb * 2**30), total)
+    assert ok == keep
+    if policy == "auto":  # "on" keeps it whatever it costs
+        assert (extra_gb * 2**30 <= W4A16_HOPPER_AUTO_MAX_FRACTION * total) == keep
+    assert f"{extra_gb:.2f} GiB" in note and "of this GPU's 80 GiB" in note
+    assert ("w4a16_hopper='on' keeps it anyway" in note) == (not ok)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["w4a16-sym-g128", "w4a16-asym-g64"])
+def test_w4a16_both_paths_on_gpu(checkpoints, case, monkeypatch):
+    """A checkpoint loaded on the GPU with w4a16_hopper="on": on an sm90 with the Hopper kernels every
+    layer keeps both layouts and a batch of M >= threshold tokens runs the Hopper kernel while one token
+    runs Marlin, both matching the CPU reference; elsewhere the report says why it is Marlin only."""
+    from qkernels.ops import w4a16_hopper as H
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (none visible)")
+    folder, _ = checkpoints(case)
+    model, report = load_checkpoint(folder, device="cuda", w4a16_hopper="on")
+    print(report)
+    cap = L.device_capability(torch.device("cuda"))
+    if not H.supported(cap):
+        assert all("marlin only (hopper: needs sm90" in layer.kernel for layer in report.quantized), str(report)
+        pytest.skip(f"the Hopper W4A16 path needs sm90 with the sm90a kernels (sm{cap}): checked the report only")
+    m0 = H.hopper_min_m()
+    assert all(f"marlin + hopper (M >= {m0}) (sm90)" in layer.kernel for layer in report.quantized), str(report)
+    cpu_model, _ = load_checkpoint(folder, w4a16_hopper="off")
+    spy = _PathSpy(monkeypatch)
+    seq = 32
+    ids = torch.randint(0, 100, (max(1, -(-m0 // seq)), seq))  # >= m0 tokens per Linear
+    runs = [(ids, "hopper")] + ([(ids[:1, :1], "marlin")] if m0 > 1 else [])
+    with torch.no_grad():
+        for batch, path in runs:
+            expect = cpu_model(batch).logits
+            spy.take()
+            out = model(batch.cuda()).logits.float().cpu()
+            calls = spy.take()
+            assert len(calls) == len(report.quantized) and set(calls) == {path}, (path, calls)
+            assert_close_rel(out, expect, 2e-2, f"{case} ({path} path) vs CPU reference")

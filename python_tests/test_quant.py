@@ -236,3 +236,99 @@ def test_gpu_cuda_graph_and_compile():
     assert torch.equal(graphed[0][1], again[0][1]) and torch.equal(graphed[1][0], again[1][0])
     compiled = torch.compile(f, fullgraph=True)(x)
     assert torch.equal(compiled[0][1], eager[0][1]) and torch.equal(compiled[1][2], eager[1][2])
+
+
+# ----------------------------------------------------------------- NaN / inf policy (qkernels.reference.quant)
+NAN, INF = float("nan"), float("inf")
+
+
+def _rows_with(values, cols=16, rows=3, seed=0):
+    """[rows, cols] float32 Gaussian rows; row 1 gets ``values`` at its first positions."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * 3
+    x[1, :len(values)] = torch.tensor(values)
+    return x
+
+
+def _dynamic(name, x):
+    """(q as float, scale, azp or None) of a dynamic op on CPU."""
+    out = getattr(torch.ops.qkernels, name)(x)
+    q, s = out[0], out[1]
+    return q.float(), s, (out[2] if len(out) > 2 else None)
+
+
+@pytest.mark.parametrize("name", ["dynamic_scaled_fp8_quant", "dynamic_per_token_scaled_fp8_quant",
+                                  "dynamic_scaled_int8_quant", "dynamic_scaled_int8_quant_azp"])
+def test_nan_only_touches_its_element(name):
+    """One NaN is ignored by the scale (and zero point) reductions: every other output equals the
+    output for the same input with that element set to 0; the NaN element itself is FP8 NaN / int8 -128."""
+    x = _rows_with([NAN])
+    clean = x.clone()
+    clean[1, 0] = 0.0
+    q, s, azp = _dynamic(name, x)
+    q0, s0, azp0 = _dynamic(name, clean)
+    assert torch.equal(s, s0) and bool(torch.isfinite(s).all())
+    if azp is not None:
+        assert torch.equal(azp, azp0)
+    other = torch.ones_like(q, dtype=torch.bool)
+    other[1, 0] = False
+    assert torch.equal(q[other], q0[other])
+    if "fp8" in name:
+        assert torch.isnan(q[1, 0])
+    else:
+        assert q[1, 0] == -128
+
+
+def test_inf_rows_per_token():
+    """+inf in a per-token row: that row's scale is inf, its finite elements quantize to 0 (FP8,
+    INT8 symmetric) or to the zero point -128 (asymmetric), the inf element to NaN / -128; the
+    other rows are the same as without it. scale_ub bounds the scale and the inf saturates."""
+    x = _rows_with([INF])
+    finite = x.clone()
+    finite[1] = 1.0
+    for name, inf_elem, finite_elem in (("dynamic_per_token_scaled_fp8_quant", NAN, 0.0),
+                                        ("dynamic_scaled_int8_quant", -128.0, 0.0),
+                                        ("dynamic_scaled_int8_quant_azp", -128.0, -128.0)):
+        q, s, azp = _dynamic(name, x)
+        q0, s0, azp0 = _dynamic(name, finite)
+        assert torch.isinf(s[1]).all() and torch.equal(s[[0, 2]], s0[[0, 2]]), name
+        assert torch.equal(q[[0, 2]], q0[[0, 2]]), name
+        assert (torch.isnan(q[1, 0]) if inf_elem != inf_elem else q[1, 0] == inf_elem), name
+        assert bool((q[1, 1:] == finite_elem).all()), name
+        if azp is not None:
+            assert int(azp[1]) == -128 and torch.equal(azp[[0, 2]], azp0[[0, 2]])
+    ub = torch.tensor([2.0])
+    q, s = quant.scaled_fp8_quant(x, per_token=True, scale_ub=ub)
+    assert float(s[1]) == pytest.approx(2.0 / 448) and float(q[1, 0].float()) == 448.0
+    # a row holding -inf (asymmetric int8): zero point 0, every element -128
+    q, s, azp = _dynamic("dynamic_scaled_int8_quant_azp", _rows_with([-INF]))
+    assert int(azp[1]) == 0 and bool((q[1] == -128).all())
+
+
+def test_inf_per_tensor_and_static():
+    x = _rows_with([INF, -INF, NAN])
+    q, s = quant.scaled_fp8_quant(x)  # dynamic per tensor: the scale is inf
+    assert torch.isinf(s).all() and torch.isnan(q.float()[1, :3]).all()
+    assert bool((q.float()[0] == 0).all())
+    q = quant.scaled_fp8_quant(x, torch.tensor([0.5]))[0].float()  # static: saturates
+    assert q[1, :2].tolist() == [448.0, -448.0] and torch.isnan(q[1, 2])
+    q = quant.scaled_int8_quant(x, torch.tensor([0.5]))[0]
+    assert q[1, :3].tolist() == [127, -128, -128]
+    q = quant.scaled_int8_quant(x, torch.tensor([0.5]), torch.tensor([3], dtype=torch.int32), symmetric=False)[0]
+    assert q[1, :3].tolist() == [127, -128, -128]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("values", [[NAN], [INF], [-INF], [INF, NAN, -INF]])
+@pytest.mark.parametrize("name", ["dynamic_scaled_fp8_quant", "dynamic_per_token_scaled_fp8_quant",
+                                  "dynamic_scaled_int8_quant", "dynamic_scaled_int8_quant_azp"])
+def test_gpu_nonfinite_matches_reference(name, values):
+    """The policy above is what the kernels do: CUDA outputs equal the CPU reference (NaN compared as
+    NaN: its sign bit is not specified)."""
+    x = _rows_with(values, cols=256)
+    cpu = getattr(torch.ops.qkernels, name)(x)
+    gpu = getattr(torch.ops.qkernels, name)(x.cuda())
+    for a, b in zip(cpu, gpu):
+        if a.dtype == torch.float8_e4m3fn:
+            a, b = a.float(), b.float()
+        torch.testing.assert_close(b.cpu(), a, rtol=0, atol=0, equal_nan=True)

@@ -12,7 +12,7 @@ import torch
 
 import qkernels
 from qkernels import _loader, cli
-from qkernels.ops import family_ops
+from qkernels.ops import family_ops, python_cuda_ops
 from qkernels.ops.schemas import SCHEMAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,8 +57,13 @@ def test_info_reports_each_op_truthfully():
         line = next(l for l in text.splitlines() if f"qkernels::{name} " in l)
         if "Tensor" not in SCHEMAS[name]:
             assert line.rstrip().endswith("capability query (no tensors; any device)"), line
+        elif name in python_cuda_ops():
+            assert "Triton kernel (registered from Python" in line and not _loader.has_cuda_kernel(name), line
         elif _loader.has_cuda_kernel(name):
-            assert line.rstrip().endswith("CUDA kernel"), line
+            assert "CUDA kernel compiled (" in line, line
+            usable = "usable here" in line and "not usable here" not in line
+            if not torch.cuda.is_available():
+                assert not usable and "not usable here" in line, line  # compiled is not usable without a GPU
         else:
             assert "CPU reference only" in line, line
     if _loader.build_info.get("built"):
@@ -76,6 +81,8 @@ def test_build_info_matches_library():
     assert _loader.library_path, f"build_info says built, but the library did not load: {_loader.load_error}"
     for fam in bi["groups"]:
         for name in family_ops().get(fam, ()):
+            if name in python_cuda_ops() or "Tensor" not in SCHEMAS[name]:  # Triton (Python) / capability query
+                continue
             assert _loader.has_cuda_kernel(name), f"{fam} was built but qkernels::{name} has no CUDA kernel"
 
 

@@ -10,4 +10,7 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402,F401  (defines the ops)
 from . import _loader  # noqa: E402,F401  (loads the CUDA library, if built)
+from . import configs as _configs  # noqa: E402  (per-GPU kernel configs)
+
+_configs.install_cuda_init_hook()  # applied at the first CUDA use, never at import
 from .ops.quant import scaled_fp8_quant, scaled_int8_quant  # noqa: E402,F401

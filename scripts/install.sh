@@ -12,7 +12,7 @@ fi
 . .venv/bin/activate
 echo "[install] dependencies (torch, CUTLASS headers, cmake, ninja, test tools)"
 pip install -q --disable-pip-version-check "torch>=2.10" "cmake>=3.26" ninja "nvidia-cutlass==4.2.0.0" \
-  "setuptools>=69" wheel numpy safetensors pytest "compressed-tensors>=0.19" "transformers>=4.45" matplotlib \
+  "setuptools>=77" wheel numpy safetensors pytest "compressed-tensors>=0.19" "transformers>=4.45" matplotlib \
   2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 mkdir -p build
 export QKERNELS_BUILD_DIR=${QKERNELS_BUILD_DIR:-$PWD/build/cmake}

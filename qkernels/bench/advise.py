@@ -45,6 +45,10 @@ def caveats(sm: Optional[Tuple[int, int]]) -> List[str]:
         + mark(sm is None or sm >= (8, 0)),
         "**W8A8-FP8** (e4m3, per-channel weights, per-token activations): near-lossless on most LLMs "
         "without calibration; needs FP8 tensor cores, i.e. sm89+ (Ada, Hopper)." + mark(sm is not None and sm >= (8, 9)),
+        "**W8A8-FP8-BLOCK** (e4m3, one scale per 128x128 weight block, activations per token in groups "
+        "of 128): the format of the DeepSeek-V3/R1 and Qwen3-FP8 releases and llm-compressor's FP8_BLOCK; "
+        "finer scales than per-channel FP8, no calibration. sm90 runs CUTLASS kernels, sm89 a Triton "
+        "kernel (needs `triton`); other archs have no path yet." + mark(sm in ((8, 9), (9, 0))),
         "**W8A8-INT8**: the W8A8 path on sm80 (Ampere has no FP8); activations with outliers need "
         "SmoothQuant-style calibration and per-token scales, otherwise accuracy drops."
         + mark(sm is None or sm >= (7, 5)),

@@ -18,13 +18,22 @@ from . import model_estimate as me
 from .provenance import REPO_ROOT, collect, gpu_slug
 from .shapes import DEFAULT_MS, PRESETS, QUICK_MS, ModelSpec, resolve_model, unique_shapes
 
-NO_GPU_MESSAGE = (
-    "qkernels bench: no CUDA GPU is visible (torch.cuda.is_available() is False), so there is "
-    "nothing to time.\n"
-    "  * On a machine with an NVIDIA GPU: `qkernels bench --quick` (under a minute) or `qkernels bench`.\n"
-    "  * Here you can still read committed results: `qkernels advise --gpu h100-sxm --model llama-3.1-8b`\n"
-    "    and regenerate a summary: `qkernels bench --summarize bench/results/<gpu>`."
-)
+def no_gpu_message() -> str:
+    """What ``qkernels bench`` says without a GPU: only suggestions that work on this install."""
+    lines = ["qkernels bench: no CUDA GPU is visible (torch.cuda.is_available() is False), so there is "
+             "nothing to time.",
+             "  * On a machine with an NVIDIA GPU: `qkernels bench --quick` (under a minute) or `qkernels bench`.",
+             "  * Here: `qkernels bench --dry-run` runs every family once on the CPU reference ops (a check of "
+             "the install; it times nothing)."]
+    measured = sorted(p.name for p in RESULTS_DIR.glob("*") if p.is_dir() and any(p.glob("*.json"))) \
+        if RESULTS_DIR.is_dir() else []
+    if measured:
+        lines.append(f"  * Results measured elsewhere are in {RESULTS_DIR}: `qkernels advise --gpu {measured[0]} "
+                     f"--model {QUICK_MODEL}` and `qkernels bench --summarize {RESULTS_DIR / measured[0]}`.")
+    else:
+        lines.append(f"  * `qkernels advise` needs benchmark results, and {RESULTS_DIR} holds none yet: run "
+                     "`qkernels bench` on the GPU, then `qkernels advise --results <its folder> --model <model>`.")
+    return "\n".join(lines)
 
 
 def _results_dir() -> Path:
@@ -90,6 +99,10 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list families (and whether they run here), variants, presets")
     p.add_argument("--summarize", type=Path, metavar="DIR",
                    help="only (re)write DIR/README.md (tables + plots) from the results files in DIR")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no GPU needed: run every family's entry once on the CPU reference ops at one small shape, "
+                        "write and validate its results files (in a temporary folder, or --out-dir) and say what "
+                        "ran. Checks an install; measures nothing")
     return p
 
 
@@ -130,13 +143,15 @@ def main_bench(argv: Sequence[str]) -> int:
             print(f"qkernels bench --summarize: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.dry_run:
+        return dry_run(bench, args.family or bench.FAMILIES, args.out_dir)
     try:
         models = [resolve_model(m) for m in (args.model or ([QUICK_MODEL] if args.quick else list(PRESETS)))]
     except ValueError as e:
         print(f"qkernels bench: {e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
-        print(NO_GPU_MESSAGE, file=sys.stderr)
+        print(no_gpu_message(), file=sys.stderr)
         return 1
     return _run(bench, args, models, command="qkernels bench " + " ".join(shlex.quote(a) for a in argv))
 
@@ -226,6 +241,82 @@ def _run(bench, args, models: List[ModelSpec], command: str) -> int:
     return 0
 
 
+class _DryTimer:
+    """Calls the function once and reports its wall time: a dry run checks that everything runs."""
+
+    def time(self, fn):
+        import time
+
+        from ..testing.timing import Timing
+
+        t0 = time.perf_counter()
+        fn()
+        us = max((time.perf_counter() - t0) * 1e6, 1e-3)
+        return Timing(us, us, us, "eager")
+
+
+DRY_SHAPE = (256, 256)  # N, K: a multiple of every family's tile (w4a16, 2:4, fp8 blocks)
+DRY_MS = (1, 16)
+
+
+class _DryEntry:
+    """An entry restricted to small shapes and M (the shapes an entry adds itself, e.g. DeepSeek-V3's, are dropped)."""
+
+    def __init__(self, entry):
+        self._entry = entry
+
+    def select(self, shapes, ms, quick):
+        if hasattr(self._entry, "select"):
+            shapes, ms = self._entry.select(shapes, ms, False)
+        small = [s for s in shapes if s.K <= DRY_SHAPE[1] and (s.N is None or s.N <= DRY_SHAPE[0])]
+        return small, [m for m in ms if m <= max(DRY_MS)] or list(DRY_MS)
+
+    def __getattr__(self, name):
+        return getattr(self._entry, name)
+
+
+def dry_run(bench, families: Sequence[str], out_dir=None, log=None) -> int:
+    """``qkernels bench --dry-run``: every entry of ``families`` on the CPU (the reference ops), without peers,
+    at N = K = 256 and M in (1, 16); the results files are written and validated against the schema.
+    Returns 0 if every family produced qkernels rows and nothing was skipped."""
+    log = log or sys.stderr
+    import contextlib
+    import io
+    import tempfile
+
+    from .results import ResultsWriter, load
+    from .shapes import LinearShape
+    from .suite import BenchContext, run_suite
+
+    prov = collect(command="qkernels bench --dry-run", extra={"dry_run": "CPU reference ops; times are not measurements"})
+    ctx = BenchContext(timer=_DryTimer(), peers=False, device=torch.device("cpu"))
+    shapes = [LinearShape(*DRY_SHAPE, model="dry-run", layer="synthetic")]
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(out_dir or tmp)
+        for fam in families:
+            writer = ResultsWriter(where, f"dry-run-{fam}", dict(prov, skipped=[]))
+            chatter = io.StringIO()  # what entries print (e.g. a peer that cannot run on the CPU): shown on failure
+            with writer, contextlib.redirect_stderr(chatter), contextlib.redirect_stdout(chatter):
+                run_suite(ctx, [_DryEntry(bench.load(fam))], shapes, list(DRY_MS), writer, log=chatter)
+            doc = load(writer.json_path)  # raises if the file does not follow the schema
+            ours = [r for r in doc["rows"] if r["impl"] != "torch_bf16"]
+            skipped = doc["provenance"].get("skipped", [])
+            variants = sorted({str(r["variant"]) for r in ours})
+            print(f"[{fam}] {len(ours)} qkernels rows ({len(variants)} variants), {len(doc['rows']) - len(ours)} "
+                  f"bf16 baseline rows, {len(skipped)} skipped", file=log)
+            for sk in skipped:
+                print(f"    skipped {sk['variant']}: {sk['reason']}", file=log)
+            if not ours or skipped:
+                failed.append(fam)
+                print("    its output:\n" + "\n".join("      " + line for line in chatter.getvalue().splitlines()[-20:]),
+                      file=log)
+        kept = f"; files in {where}" if out_dir else " (files validated, then removed)"
+    print(f"qkernels bench --dry-run: {len(families) - len(failed)} of {len(families)} families ran on the CPU "
+          f"reference ops{kept}." + (f" Failed: {', '.join(failed)}." if failed else ""), file=log)
+    return 1 if failed else 0
+
+
 def _plots(writer, out_dir: Path) -> List[Path]:
     from .plots import family_plots
 
@@ -240,7 +331,7 @@ def quick_main() -> int:
     """The README's main job: ``qkernels bench --quick`` of every built family on a GPU;
     without one, the no-GPU message and 0 (the caller then runs the CPU demo)."""
     if not torch.cuda.is_available():
-        print(NO_GPU_MESSAGE, file=sys.stderr)
+        print(no_gpu_message(), file=sys.stderr)
         return 0
     return main_bench(["--quick"])
 

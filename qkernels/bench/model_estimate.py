@@ -38,6 +38,8 @@ SCHEMES: Tuple[Scheme, ...] = (
     Scheme("BF16", None, "torch_bf16", note="cuBLAS, unquantised"),
     Scheme("W8A8-INT8", "scaled_mm_int8", "qkernels", ("int8 token x channel", "int8 tensor x tensor")),
     Scheme("W8A8-FP8", "scaled_mm_fp8", "qkernels", ("fp8 token x channel", "fp8 tensor x tensor")),
+    Scheme("W8A8-FP8-BLOCK", "fp8_block", "qkernels", ("g128 dynamic", "g128 dynamic ue8m0"),
+           note="128x128 weight blocks, dynamic per-token-group-128 activations"),
     Scheme("W4A16", "w4a16", "qkernels", ("g128 sym", "g128 asym", "g128 act-order", "g64 sym", "g32 sym", "channel sym")),
     Scheme("2:4 FP8", "sparse24_fp8", "qkernels", ("fp8 token x channel", "fp8 tensor x tensor")),
 )

@@ -6,9 +6,10 @@ config parsing in :mod:`qkernels.nn.config`, tensor-parallel slicing in :mod:`qk
 the fused-shard requantization in :mod:`qkernels.nn.fuse`.
 """
 from .config import CheckpointError, parse_quantization_config
-from .linear import DequantLinear, QuantLinear, Sparse24Linear, W4A16Linear, W8A8Linear, make_linear
+from .linear import (DequantLinear, FP8BlockLinear, QuantLinear, Sparse24Linear, W4A16Linear, W8A8Linear,
+                     make_linear)
 from .loader import LoadReport, apply_checkpoint, load_checkpoint, read_safetensors
 
 __all__ = ["CheckpointError", "parse_quantization_config", "QuantLinear", "W8A8Linear", "Sparse24Linear",
-           "W4A16Linear", "DequantLinear", "make_linear", "LoadReport", "apply_checkpoint", "load_checkpoint",
+           "W4A16Linear", "FP8BlockLinear", "DequantLinear", "make_linear", "LoadReport", "apply_checkpoint", "load_checkpoint",
            "read_safetensors"]

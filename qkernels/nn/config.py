@@ -33,8 +33,9 @@ _REJECTED_FORMATS = {  # known formats this loader does not read, and why
     "mxfp6-pack-quantized": "MXFP6 (not in qkernels)",
     "mxfp8-quantized": "MXFP8 (not in qkernels)",
 }
-STRATEGIES = ("tensor", "channel", "group", "token")
-_REJECTED_STRATEGIES = ("block", "tensor_group", "attn_head", "head")
+STRATEGIES = ("tensor", "channel", "group", "token", "block")
+_REJECTED_STRATEGIES = ("tensor_group", "attn_head", "head")
+BLOCK_STRUCTURES = ((128, 128),)  # weight blocks [N, K] of the FP8_BLOCK GEMM
 
 
 class CheckpointError(ValueError):
@@ -53,6 +54,7 @@ class QuantArgs:
     group_size: Optional[int]
     dynamic: bool
     actorder: Optional[str]
+    block_structure: Optional[Tuple[int, int]] = None  # [rows (N), columns (K)] of a weight block
 
     @staticmethod
     def parse(d: Dict[str, Any], where: str) -> "QuantArgs":
@@ -71,7 +73,7 @@ class QuantArgs:
         strategy = str(strategy).lower()
         if strategy in _REJECTED_STRATEGIES:
             bad("strategy", strategy, ", ".join(STRATEGIES),
-                "Block / tensor-group / head scales have no qkernels GEMM: dequantize the checkpoint "
+                "Tensor-group / head scales have no qkernels GEMM: dequantize the checkpoint "
                 "with compressed-tensors, or re-quantize per channel.")
         if strategy not in STRATEGIES:
             bad("strategy", strategy, ", ".join(STRATEGIES))
@@ -82,6 +84,15 @@ class QuantArgs:
             bad("dynamic", dynamic, "true, false", "'local' dynamic scales are an NVFP4 feature.")
         if d.get("block_structure") is not None and strategy != "block":
             bad("block_structure", d["block_structure"], "null unless strategy is 'block'")
+        block = None
+        if strategy == "block":
+            bs = d.get("block_structure")
+            if not (isinstance(bs, (list, tuple)) and len(bs) == 2 and all(isinstance(v, int) and v > 0 for v in bs)):
+                bad("block_structure", bs, "two positive integers [rows, columns] with strategy 'block'")
+            block = (int(bs[0]), int(bs[1]))
+            if block not in BLOCK_STRUCTURES:
+                bad("block_structure", list(bs), " or ".join(str(list(b)) for b in BLOCK_STRUCTURES),
+                    "The blockwise FP8 GEMM reads 128 x 128 weight blocks (DeepSeek-V3 / llm-compressor FP8_BLOCK).")
         actorder = d.get("actorder")
         if actorder in (False, None, "static"):  # static: reorder at quantization time, nothing stored
             actorder = None
@@ -90,10 +101,11 @@ class QuantArgs:
         elif actorder not in ("group", "weight", "dynamic"):
             bad("actorder", actorder, "null, false, true, 'static', 'group', 'weight', 'dynamic'")
         return QuantArgs(num_bits, qtype, bool(d.get("symmetric", True)), strategy,
-                         None if group_size is None else int(group_size), bool(dynamic), actorder)
+                         None if group_size is None else int(group_size), bool(dynamic), actorder, block)
 
     def describe(self) -> str:
-        g = f"g{self.group_size}" if self.strategy == "group" else self.strategy
+        g = (f"g{self.group_size}" if self.strategy == "group" else
+             f"block{self.block_structure[0]}x{self.block_structure[1]}" if self.strategy == "block" else self.strategy)
         kind = "dynamic" if self.dynamic else "static"
         return f"{self.type}{self.num_bits} {g} {'sym' if self.symmetric else 'asym'} {kind}"
 
@@ -119,6 +131,7 @@ class Scheme:
 _W_INT8_CH = dict(num_bits=8, type="int", strategy="channel", symmetric=True)
 _W_FP8_CH = dict(num_bits=8, type="float", strategy="channel", symmetric=True)
 _W_FP8_T = dict(num_bits=8, type="float", strategy="tensor", symmetric=True)
+_A_FP8_TOKEN_DYN = dict(num_bits=8, type="float", strategy="token", symmetric=True, dynamic=True)
 PRESETS: Dict[str, Dict[str, Any]] = {
     "UNQUANTIZED": {},
     "W8A8": dict(weights=_W_INT8_CH, input_activations=dict(num_bits=8, type="int", strategy="token",
@@ -129,8 +142,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "W4A16_ASYM": dict(weights=dict(num_bits=4, type="int", strategy="group", group_size=128, symmetric=False)),
     "FP8": dict(weights=_W_FP8_T, input_activations=dict(num_bits=8, type="float", strategy="tensor",
                                                          symmetric=True, dynamic=False)),
-    "FP8_DYNAMIC": dict(weights=_W_FP8_CH, input_activations=dict(num_bits=8, type="float", strategy="token",
-                                                                  symmetric=True, dynamic=True)),
+    "FP8_DYNAMIC": dict(weights=_W_FP8_CH, input_activations=_A_FP8_TOKEN_DYN),
+    "FP8_BLOCK": dict(weights=dict(num_bits=8, type="float", strategy="block", block_structure=[128, 128],
+                                   symmetric=True),
+                      input_activations=dict(num_bits=8, type="float", strategy="group", group_size=128,
+                                             symmetric=True, dynamic=True)),
 }
 
 

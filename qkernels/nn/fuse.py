@@ -5,6 +5,11 @@ shard is dequantized and requantized to the largest scale (which represents ever
 without clipping): for FP8 the extra error is at most half an e4m3 ulp of the value (relative
 2^-4), for INT8 half a step of the new scale. Per-channel / per-group scales are concatenated
 like the weights. Static input scales (the shards see the same input) take the maximum too.
+
+Block scales (FP8_BLOCK, one scale per 128 x 128 block: ``weight_scale [ceil(N_i/128), K/128]``)
+are kept per block: the block rows are concatenated like the weights, which is exact when every
+shard but the last has N_i a multiple of 128. Otherwise a block of the fused weight would straddle
+two shards with different scales, and :func:`fuse_shards` refuses (keep such layers separate).
 """
 from __future__ import annotations
 
@@ -52,7 +57,18 @@ def fuse_shards(shards: Sequence[Tensors], names: Sequence[str] = ()) -> Tensors
                               "shards are fused by concatenating before packing; not supported here).")
     out: Tensors = {}
     per_tensor = shards[0]["weight_scale"].numel() == 1
-    if per_tensor:
+    w0, s0 = shards[0]["weight"], shards[0]["weight_scale"]
+    block = s0.dim() == 2 and s0.size(0) != w0.size(0)  # [ceil(N/128), K/128], not [N, 1] / [N, G]
+    if block:
+        bn = -(-w0.size(0) // s0.size(0))  # rows per block (128 for FP8_BLOCK)
+        bad = [(nm, s["weight"].size(0)) for nm, s in zip(names[:-1], shards[:-1]) if s["weight"].size(0) % bn]
+        if bad:
+            raise CheckpointError(f"fuse_shards: block-scaled shards {bad} have N not a multiple of the block ({bn}): "
+                                  "a block of the fused weight would straddle two shards with different scales. "
+                                  "Keep these layers separate (or put such a shard last).")
+        out["weight"] = torch.cat([s["weight"] for s in shards], 0)
+        out["weight_scale"] = torch.cat([s["weight_scale"] for s in shards], 0)
+    elif per_tensor:
         out["weight"], out["weight_scale"] = requantize_to_max_scale([s["weight"] for s in shards],
                                                                      [s["weight_scale"] for s in shards])
     else:

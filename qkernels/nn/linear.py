@@ -7,7 +7,11 @@ checkpoint                module                                      op (CUDA k
 W8A8 int8 / fp8           :class:`W8A8Linear`                         quant.scaled_*_quant + scaled_mm
   asymmetric int8 inputs  :class:`W8A8Linear` (azp-corrected GEMM)    scaled_mm.scaled_mm_azp
 FP8 weights that are 2:4  :class:`Sparse24Linear` (sm90 or CPU)       sparse24.scaled_mm
-W4A16 (4-bit packed)      :class:`W4A16Linear`                        w4a16.gemm (repacked once at load)
+FP8_BLOCK (128x128 block  :class:`FP8BlockLinear`                     fp8_block.per_token_group_quant +
+weights, group-128 input)                                             fp8_block.scaled_mm
+W4A16 (4-bit packed)      :class:`W4A16Linear`                        w4a16.gemm (repacked once at load);
+                                                                      on sm90 also w4a16_hopper.gemm for
+                                                                      M >= hopper_min_m (``w4a16_hopper``)
 anything without a kernel :class:`DequantLinear` (listed as high      torch F.linear on the dequantized
 here (shape, GPU, bits)   precision in the report, with the reason)   weight
 ========================  ==========================================  ==================================
@@ -19,22 +23,48 @@ which; the loader's report lists them.
 FP8 on a GPU older than sm_89 (no FP8 tensor cores): the layer falls back to a
 :class:`DequantLinear` holding the dequantized weight in the model dtype, and the report says so
 (the documented choice: the model still runs, at bf16 speed, without FP8 activation quantization).
+
+Model dtypes the kernels do not take (the GEMMs output float16 / bfloat16 only; a float32 model is
+the usual case), decided once at load time by ``unsupported_dtype`` (the report says which):
+
+* ``"cast"`` (default): the kernel runs with a bfloat16 output (W4A16: bfloat16 activations too)
+  and the result is cast to the model dtype; the bias is added after the cast, in the model dtype.
+  The extra error is one bfloat16 rounding (2^-9 relative), far below the quantization error of
+  any of these formats. ``kernel`` ends with ``"..., bfloat16 kernel, cast to float32"``.
+* ``"dequantize"``: a :class:`DequantLinear` in the model dtype (the format's exact math on the
+  dequantized weight, no activation quantization, no kernel speed), listed as high precision.
+* ``"error"``: :class:`~qkernels.nn.config.CheckpointError` naming the module.
+
+``weight``: :class:`W8A8Linear` and :class:`DequantLinear` hold a dense ``[N, K]`` ``weight``
+buffer (int8 / fp8 as stored, or the dequantized float weight). :class:`W4A16Linear` and
+:class:`Sparse24Linear` store packed / compressed tensors, and their ``weight`` is a read-only
+property that dequantizes on every access (a new ``[N, K]`` tensor; a warning the first time),
+so code that inspects ``module.weight`` (shape, dtype, device, values) keeps working. Every module
+has :meth:`QuantLinear.dequantize`, the explicit form: the dense float weight ``[N, K]``.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..ops import fp8_block as fb
 from ..ops import quant
 from ..ops import sparse24 as sp24
 from ..ops import w4a16
+from ..ops import w4a16_hopper as w4h
 from .config import CheckpointError, QuantArgs, Scheme
 
 FP8 = torch.float8_e4m3fn
 Tensors = Dict[str, torch.Tensor]
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)  # what the GEMMs output (and W4A16 takes)
+CAST_DTYPE = torch.bfloat16  # the kernels' dtype for a model in another dtype (unsupported_dtype="cast")
+UNSUPPORTED_DTYPE_POLICIES = ("cast", "dequantize", "error")
+W4A16_HOPPER_POLICIES = ("auto", "on", "off")  # see make_linear and qkernels.nn.loader
 
 
 def _scaled_mm():
@@ -79,18 +109,64 @@ def act_quant_of(args: QuantArgs, weight_dtype: torch.dtype, where: str) -> ActQ
 
 # ------------------------------------------------------------------------ modules
 class QuantLinear(torch.nn.Module):
-    """Base of the modules below: ``in_features``, ``out_features``, ``kernel`` (what runs) and
-    ``high_precision`` (True when the layer computes with a dequantized weight)."""
+    """Base of the modules below: ``in_features``, ``out_features``, ``kernel`` (what runs),
+    ``high_precision`` (True when the layer computes with a dequantized weight) and ``cast_dtype``
+    (None, or the dtype the kernel runs in when the model dtype is one it does not take)."""
 
     high_precision = False
 
-    def __init__(self, in_features: int, out_features: int, bias: Optional[torch.Tensor], kernel: str):
+    def __init__(self, in_features: int, out_features: int, bias: Optional[torch.Tensor], kernel: str,
+                 cast_dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
+        self.cast_dtype = cast_dtype
         self.register_buffer("bias", bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel='{self.kernel}'"
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense ``[out_features, in_features]`` weight in float (what the layer multiplies by,
+        up to the kernel's rounding). A new tensor: for inspection and tests, not for the forward."""
+        raise NotImplementedError
+
+    def _run(self, x: torch.Tensor, run: Callable[[torch.dtype, Optional[torch.Tensor]], torch.Tensor]) -> torch.Tensor:
+        """``run(out_dtype, bias)`` in the input's dtype when the kernels take it; else in
+        ``cast_dtype`` without the bias, cast back, then the bias added in the input's dtype."""
+        if x.dtype in KERNEL_DTYPES:
+            return run(x.dtype, None if self.bias is None else self.bias.to(x.dtype))
+        if self.cast_dtype is None:
+            raise RuntimeError(f"{type(self).__name__} ({self.kernel}): the input is {x.dtype}, but the kernel takes "
+                               "float16 / bfloat16. Load the model with dtype=torch.bfloat16, or with "
+                               "unsupported_dtype='cast' (or 'dequantize'), see qkernels.nn.linear.")
+        out = run(self.cast_dtype, None).to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+
+_WARNED = set()
+
+
+def _warn_dequantizing_weight(cls: type, stored: str) -> None:
+    if cls not in _WARNED:
+        _WARNED.add(cls)
+        warnings.warn(f"{cls.__name__}.weight dequantizes the {stored} into a new [out_features, in_features] float "
+                      "tensor on every access (this warning is shown once). Use .dequantize() to say so "
+                      "explicitly, or the stored buffers (see qkernels.nn.linear) to avoid the copy.", stacklevel=3)
+
+
+def _dequantizing_weight(stored: str) -> property:
+    """The read-only ``weight`` property of a module that stores ``stored`` (packed / compressed) instead
+    of a dense weight: the dense float32 ``[N, K]`` weight, dequantized on every access (see the module doc)."""
+
+    def get(self) -> torch.Tensor:
+        _warn_dequantizing_weight(type(self), stored)
+        return self.dequantize()
+
+    def set_(self, value) -> None:
+        raise AttributeError(f"{type(self).__name__}.weight is computed from the quantized buffers and cannot be set; "
+                             "build a new module from a checkpoint instead (qkernels.nn.make_linear).")
+
+    return property(get, set_, doc=get.__doc__ or f"The dense float32 weight, dequantized from the {stored}.")
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +199,8 @@ class W8A8Linear(_ActQuantMixin, QuantLinear):
     """
 
     def __init__(self, weight, weight_scale, act: ActQuant, bias=None, input_scale=None, input_zp=None,
-                 kernel: str = ""):
-        super().__init__(weight.shape[1], weight.shape[0], bias, kernel)
+                 kernel: str = "", cast_dtype: Optional[torch.dtype] = None):
+        super().__init__(weight.shape[1], weight.shape[0], bias, kernel, cast_dtype)
         self.register_buffer("weight", weight.contiguous())
         ws = weight_scale.float().reshape(-1)  # [1] per tensor, [1, N] per channel
         self.register_buffer("weight_scale", (ws if ws.numel() == 1 else ws.reshape(1, -1)).contiguous())
@@ -138,20 +214,26 @@ class W8A8Linear(_ActQuantMixin, QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, s, azp = self._quantize_input(_rows(x))
         mm = _scaled_mm()
-        if self.azp_adj is None:
-            out = mm.scaled_mm(q, self.weight.t(), s, self.weight_scale, x.dtype, self.bias)
-        else:  # a static zero point is folded into azp_adj: pass azp only when it is per token
-            out = mm.scaled_mm_azp(q, self.weight.t(), s, self.weight_scale, x.dtype, self.azp_adj,
-                                   None if self.act.static else azp, self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
+
+        def run(out_dtype, bias):
+            if self.azp_adj is None:
+                return mm.scaled_mm(q, self.weight.t(), s, self.weight_scale, out_dtype, bias)
+            # a static zero point is folded into azp_adj: pass azp only when it is per token
+            return mm.scaled_mm_azp(q, self.weight.t(), s, self.weight_scale, out_dtype, self.azp_adj,
+                                    None if self.act.static else azp, bias)
+
+        return self._run(x, run).reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float() * self.weight_scale.reshape(-1, 1)
 
 
 class Sparse24Linear(_ActQuantMixin, QuantLinear):
     """FP8 GEMM with a 2:4 sparse weight compressed once at load (``qkernels.ops.sparse24``)."""
 
     def __init__(self, weight: torch.Tensor, weight_scale, act: ActQuant, bias=None, input_scale=None,
-                 kernel: str = ""):
-        super().__init__(weight.shape[1], weight.shape[0], bias, kernel)
+                 kernel: str = "", cast_dtype: Optional[torch.dtype] = None):
+        super().__init__(weight.shape[1], weight.shape[0], bias, kernel, cast_dtype)
         sw = sp24.compress(weight.contiguous())
         self.register_buffer("values", sw.values)
         self.register_buffer("meta", sw.meta)
@@ -161,23 +243,132 @@ class Sparse24Linear(_ActQuantMixin, QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, s, _ = self._quantize_input(_rows(x))
         sw = sp24.Sparse24Weight(self.values, self.meta, self.out_features, self.in_features)
-        out = sp24.scaled_mm(q, sw, s, self.weight_scale, x.dtype, self.bias)
+        out = self._run(x, lambda out_dtype, bias: sp24.scaled_mm(q, sw, s, self.weight_scale, out_dtype, bias))
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        w = sp24.decompress(sp24.Sparse24Weight(self.values, self.meta, self.out_features, self.in_features))
+        return w.float() * self.weight_scale.reshape(-1, 1)
+
+    weight = _dequantizing_weight("2:4-compressed fp8 weight")
+
+
+class FP8BlockLinear(QuantLinear):
+    """Block-scaled FP8 (compressed-tensors / llm-compressor ``FP8_BLOCK``, DeepSeek-V3 style).
+
+    ``weight`` float8_e4m3fn ``[N, K]`` with ``weight_scale`` float32 ``[ceil(N/128), K/128]`` (one
+    scale per 128 x 128 block; the last block row may cover fewer than 128 rows); the input is
+    quantized per token in groups of 128 along K (``qkernels.ops.fp8_block.per_token_group_quant``)
+    and the GEMM applies both scales per K block (``qkernels.ops.fp8_block.scaled_mm``).
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias=None, kernel: str = "",
+                 cast_dtype: Optional[torch.dtype] = None):
+        super().__init__(weight.shape[1], weight.shape[0], bias, kernel, cast_dtype)
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("weight_scale", weight_scale.float().contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # column-major scales: the layout the sm90 kernel reads without a copy (any layout on CPU)
+        q, s = fb.per_token_group_quant(_rows(x), fb.BLOCK, column_major_scales=x.is_cuda)
+        out = self._run(x, lambda out_dtype, bias: fb.scaled_mm(q, self.weight.t(), s, self.weight_scale,
+                                                                out_dtype, bias))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        s = _expand_blocks(self.weight_scale.float(), self.out_features, self.in_features, (fb.BLOCK, fb.BLOCK))
+        return self.weight.float() * s
 
 
 class W4A16Linear(QuantLinear):
-    """INT4 weights x bf16/fp16 activations (``qkernels.ops.w4a16``), repacked once at load."""
+    """INT4 weights x bf16/fp16 activations, repacked once at load.
 
-    def __init__(self, w: w4a16.W4A16Weight, bias=None, kernel: str = ""):
-        super().__init__(w.size_k, w.size_n, bias, kernel)
+    Always the Marlin-style layout (``qkernels.ops.w4a16``: ``qweight``, ``scales``, ``zeros``,
+    ``perm``). Optionally (``hopper``) also the sm90 Hopper layout (``qkernels.ops.w4a16_hopper``:
+    buffers ``hopper_b`` and ``hopper_zeros``; ``scales`` and ``perm`` are shared): then an input
+    of at least ``hopper_min_m`` tokens (rows of the flattened input; None: the per-GPU config's
+    threshold, :func:`qkernels.ops.w4a16_hopper.hopper_min_m`, read on each call) runs the Hopper
+    GEMM, a smaller one the Marlin GEMM. The layer holds the Hopper layout only where it runs (the
+    loader builds it on sm90 with the kernels built, or on CPU with the reference ops when asked
+    to), so the forward does not re-check the GPU. The Hopper tensors are non-persistent buffers:
+    derived from the checkpoint at load time, left out of ``state_dict()``. ``has_hopper`` says
+    whether the layer keeps them; :meth:`dequantize` reads the Marlin layout.
+    """
+
+    def __init__(self, w: w4a16.W4A16Weight, bias=None, kernel: str = "", cast_dtype: Optional[torch.dtype] = None,
+                 hopper: Optional[w4h.W4A16HopperWeight] = None, hopper_min_m: Optional[int] = None):
+        super().__init__(w.size_k, w.size_n, bias, kernel, cast_dtype)
         for k in ("qweight", "scales", "zeros", "perm"):
             self.register_buffer(k, getattr(w, k))
         self.group_size, self.act_dtype = w.group_size, w.act_dtype
+        if hopper is not None:
+            _check_same_weight(w, hopper)
+        self.register_buffer("hopper_b", None if hopper is None else hopper.b, persistent=False)
+        self.register_buffer("hopper_zeros", None if hopper is None else hopper.zeros, persistent=False)
+        if hopper_min_m is not None and (isinstance(hopper_min_m, bool) or not isinstance(hopper_min_m, int)
+                                         or hopper_min_m < 1):
+            raise ValueError(f"hopper_min_m = {hopper_min_m!r}: pass an int >= 1, or None for the per-GPU config's "
+                             "threshold (qkernels.ops.w4a16_hopper.hopper_min_m()).")
+        self.hopper_min_m = hopper_min_m
+
+    @property
+    def has_hopper(self) -> bool:
+        """True if the layer keeps the Hopper layout too (large inputs run the Hopper GEMM)."""
+        return self.hopper_b is not None
+
+    def _weight(self) -> w4a16.W4A16Weight:
+        return w4a16.W4A16Weight(self.qweight, self.scales, self.zeros, self.perm, self.out_features,
+                                 self.in_features, self.group_size, self.zeros is not None, self.act_dtype)
+
+    def _hopper_weight(self) -> w4h.W4A16HopperWeight:
+        return w4h.W4A16HopperWeight(self.hopper_b, self.scales, self.hopper_zeros, self.perm, self.out_features,
+                                     self.in_features, self.group_size, self.zeros is not None, self.act_dtype)
+
+    def uses_hopper(self, m: int) -> bool:
+        """Whether an input of ``m`` tokens runs the Hopper GEMM."""
+        if self.hopper_b is None:
+            return False
+        return m >= (w4h.hopper_min_m() if self.hopper_min_m is None else self.hopper_min_m)
+
+    def _gemm(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.uses_hopper(math.prod(x.shape[:-1])):
+            return w4h.gemm(x, self._hopper_weight(), bias)
+        return w4a16.gemm(x, self._weight(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = w4a16.W4A16Weight(self.qweight, self.scales, self.zeros, self.perm, self.out_features,
-                              self.in_features, self.group_size, self.zeros is not None, self.act_dtype)
-        return w4a16.gemm(x, w, self.bias)
+        if x.dtype in KERNEL_DTYPES or self.cast_dtype is None:
+            return self._gemm(x, None if self.bias is None else self.bias.to(x.dtype))
+        out = self._gemm(x.to(self.act_dtype), None).to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        from ..reference.w4a16 import dequantize_kernel_layout
+
+        w_sorted = dequantize_kernel_layout(self.qweight, self.scales, self.zeros, self.group_size).float()  # [K, N]
+        if self.perm is None:
+            return w_sorted.t().contiguous()
+        w = torch.empty(self.out_features, self.in_features, device=w_sorted.device)
+        w[:, self.perm.long()] = w_sorted.t()  # kernel row k is checkpoint column perm[k]
+        return w
+
+    weight = _dequantizing_weight("4-bit packed weight")
+
+
+def _check_same_weight(w: w4a16.W4A16Weight, h: w4h.W4A16HopperWeight) -> None:
+    """The two layouts of one W4A16 layer must describe the same checkpoint (load time)."""
+    mine = (w.size_n, w.size_k, w.group_size, w.has_zp, w.act_dtype, w.perm is None)
+    theirs = (h.size_n, h.size_k, h.group_size, h.has_zp, h.act_dtype, h.perm is None)
+    what = "(size_n, size_k, group_size, has_zp, act_dtype, no act-order)"
+    if mine != theirs:
+        raise ValueError(f"W4A16Linear: the Marlin weight {mine} and the Hopper weight {theirs} {what} differ: "
+                         "prepare both from the same checkpoint tensors (w4a16_hopper.prepare_weight(..., "
+                         "scales=marlin.scales)).")
+    if h.scales is not w.scales and not torch.equal(h.scales, w.scales):
+        raise ValueError("W4A16Linear: the Hopper weight's scales differ from the Marlin weight's: prepare it with "
+                         "w4a16_hopper.prepare_weight(..., scales=marlin.scales) (the layer keeps one copy).")
+    if w.perm is not None and not torch.equal(h.perm, w.perm):
+        raise ValueError("W4A16Linear: the two weights have different act-order permutations (g_idx): prepare both "
+                         "from the same checkpoint tensors.")
 
 
 class DequantLinear(QuantLinear):
@@ -192,6 +383,9 @@ class DequantLinear(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def dequantize(self) -> torch.Tensor:
+        return self.weight.float()
+
 
 # ------------------------------------------------------------------------ reading a module's tensors
 def _tensor(t: Tensors, key: str, where: str, dtypes=None, shape=None) -> torch.Tensor:
@@ -205,6 +399,9 @@ def _tensor(t: Tensors, key: str, where: str, dtypes=None, shape=None) -> torch.
         raise CheckpointError(f"{where}.{key} has shape {tuple(v.shape)}; expected "
                               f"{' or '.join(str(list(s)) for s in shape)}.")
     return v
+
+
+PACKED_BITS = (2, 4, 8)  # pack-quantized widths whose values tile an int32 word (32 % num_bits == 0)
 
 
 def num_groups(args: QuantArgs, k: int) -> int:
@@ -242,8 +439,16 @@ def decompress_bitmask(t: Tensors, where: str) -> torch.Tensor:
     return dense.view(values.dtype) if values.element_size() == 1 else dense.to(values.dtype)
 
 
-def _expand_groups(s: torch.Tensor, k: int, args: QuantArgs, g_idx: Optional[torch.Tensor]) -> torch.Tensor:
-    """A [N, G] (or [N, 1] / scalar) scale / zero point expanded to [N, K]."""
+def _expand_blocks(s: torch.Tensor, n: int, k: int, block: Tuple[int, int]) -> torch.Tensor:
+    """A ``[ceil(N/bn), ceil(K/bk)]`` block scale expanded to ``[N, K]`` (partial last blocks cut)."""
+    return s.repeat_interleave(block[0], 0)[:n].repeat_interleave(block[1], 1)[:, :k]
+
+
+def _expand_groups(s: torch.Tensor, k: int, args: QuantArgs, g_idx: Optional[torch.Tensor],
+                   n: Optional[int] = None) -> torch.Tensor:
+    """A [N, G] (or [N, 1] / scalar / block) scale / zero point expanded to [N, K]."""
+    if args.strategy == "block":
+        return _expand_blocks(s, n, k, args.block_structure)
     if args.strategy == "tensor":
         return s.reshape(1, 1)
     if args.strategy == "channel":
@@ -267,8 +472,8 @@ def dequantize(t: Tensors, args: QuantArgs, fmt: str, dtype: torch.dtype, where:
         zp = t["weight_zero_point"]
         if fmt == "pack-quantized":
             zp = unpack_int32(zp, args.num_bits, n, dim=0).float() - 2 ** (args.num_bits - 1)
-        w = q - _expand_groups(zp.float(), k, args, g_idx)
-    return (w * _expand_groups(s, k, args, g_idx)).to(dtype)
+        w = q - _expand_groups(zp.float(), k, args, g_idx, n)
+    return (w * _expand_groups(s, k, args, g_idx, n)).to(dtype)
 
 
 # ------------------------------------------------------------------------ the factory
@@ -286,13 +491,27 @@ def _where_kernel(cap: Optional[int], what: str) -> str:
 
 def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: torch.dtype,
                 device: torch.device, legacy_sparse24: bool = False, use_sparse24: bool = True,
-                expected_shape: Optional[Tuple[int, int]] = None) -> QuantLinear:
+                expected_shape: Optional[Tuple[int, int]] = None, unsupported_dtype: str = "cast",
+                w4a16_hopper: str = "auto") -> QuantLinear:
     """Build the qkernels module for the checkpoint tensors ``t`` (local names: ``weight``, ``weight_scale``...)
     of module ``name``. Tensors are moved to ``device``; the module runs there.
 
     ``expected_shape`` ([out_features, in_features] of the model's Linear) is checked against the
-    stored weight. Raises :class:`CheckpointError` naming the module and the tensor on bad input.
+    stored weight. ``unsupported_dtype`` ("cast", "dequantize" or "error") says what to do when
+    ``act_dtype`` is not float16 / bfloat16 (see the module doc). ``w4a16_hopper`` (W4A16 layers):
+    ``"auto"`` keeps the Hopper layout beside the Marlin one on an sm90 GPU with the sm90a kernels
+    built, for a group size that path runs (-1, 64, 128); ``"on"`` the same, and on CPU too (the
+    layout prepared by the reference ops: what the CPU tests check); ``"off"`` the Marlin layout
+    only. Either way a layer that cannot have it keeps Marlin only and its ``kernel`` says why
+    (``"..., marlin only (hopper: group size 32 ...)"``); one that has it says
+    ``"..., marlin + hopper (M >= 128)"``. The memory budget of the whole model is
+    :func:`qkernels.nn.loader.apply_checkpoint`'s business. Raises :class:`CheckpointError`
+    naming the module and the tensor on bad input.
     """
+    if unsupported_dtype not in UNSUPPORTED_DTYPE_POLICIES:
+        raise ValueError(f"unsupported_dtype = {unsupported_dtype!r}; choose from {UNSUPPORTED_DTYPE_POLICIES}.")
+    if w4a16_hopper not in W4A16_HOPPER_POLICIES:
+        raise ValueError(f"w4a16_hopper = {w4a16_hopper!r}; choose from {W4A16_HOPPER_POLICIES}.")
     t = {k: v.to(device) for k, v in t.items()}
     args = scheme.weights
     cap = device_capability(device)
@@ -308,6 +527,10 @@ def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: t
     if fmt == "pack-quantized":
         if args.type != "int":
             raise CheckpointError(f"{name}: pack-quantized weights must be int; the config says {args.type}.")
+        if args.num_bits not in PACKED_BITS:
+            raise CheckpointError(f"{name}: pack-quantized weights with num_bits={args.num_bits} are not supported; "
+                                  f"qkernels reads num_bits in {PACKED_BITS} (4 bits on the W4A16 kernel, 2 and 8 "
+                                  "dequantized). Re-quantize to 4 bits (W4A16) or 8 bits (W8A16 / W8A8).")
         n, k = (int(v) for v in _tensor(t, "weight_shape", name, shape=[(2,)]).tolist())
         _tensor(t, "weight_packed", name, (torch.int32,), [(n, -(-k * args.num_bits // 32))])
     else:
@@ -325,7 +548,14 @@ def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: t
         g_idx = _tensor(t, "weight_g_idx", name, (torch.int32, torch.int64), [(k,)])
         # act-order: a row-parallel shard keeps every group's scale (see qkernels.nn.tp)
         groups = max(groups, int(g_idx.max()) + 1)
-    scale_ok = [(n, groups)] if args.strategy != "tensor" else [(), (1,)]
+    if args.strategy == "block":
+        if not args.symmetric:
+            raise CheckpointError(f"{name}: asymmetric block-quantized weights are not supported (FP8_BLOCK is "
+                                  "symmetric).")
+        bn, bk = args.block_structure
+        scale_ok = [(-(-n // bn), -(-k // bk))]
+    else:
+        scale_ok = [(n, groups)] if args.strategy != "tensor" else [(), (1,)]
     _tensor(t, "weight_scale", name, (torch.float32, torch.float16, torch.bfloat16), scale_ok)
     if not args.symmetric:
         zp_rows = -(-n * args.num_bits // 32) if fmt == "pack-quantized" else n
@@ -336,16 +566,32 @@ def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: t
         return DequantLinear(dequantize(t, args, fmt, act_dtype, name), bias, f"dequantized {str(act_dtype)[6:]} "
                              f"({reason})")
 
+    # ---- a model dtype the kernels do not take: decided here, once, for every scheme
+    cast_dtype = None
+    if act_dtype not in KERNEL_DTYPES:
+        if unsupported_dtype == "error":
+            raise CheckpointError(f"{name}: the model dtype is {act_dtype}, but qkernels' kernels compute in float16 / "
+                                  "bfloat16. Load with dtype=torch.bfloat16, or pass unsupported_dtype='cast' (kernels "
+                                  "in bfloat16, outputs cast) or 'dequantize' (dequantized weights in the model dtype).")
+        if unsupported_dtype == "dequantize":
+            return fallback(f"model dtype {str(act_dtype)[6:]}: the kernels take float16 / bfloat16")
+        cast_dtype = CAST_DTYPE
+    cast_note = "" if cast_dtype is None else f", {str(cast_dtype)[6:]} kernel, cast to {str(act_dtype)[6:]}"
+
     # ---- weight-only
     if scheme.input_activations is None:
         if fmt != "pack-quantized" or args.num_bits != 4:
             return fallback(f"weight-only {args.type}{args.num_bits}: no W{args.num_bits}A16 kernel in qkernels")
-        return _make_w4a16(name, t, args, n, k, bias, act_dtype, cap, fallback)
+        return _make_w4a16(name, t, args, n, k, bias, cast_dtype or act_dtype, cap, fallback, cast_dtype, cast_note,
+                           w4a16_hopper)
 
     # ---- W8A8
     if fmt == "pack-quantized":
         raise CheckpointError(f"{name}: pack-quantized weights with quantized input activations (W4A8) "
                               "have no qkernels kernel.")
+    if args.strategy == "block":
+        return _make_fp8_block(name, t, args, scheme.input_activations, n, k, bias, cap, fallback, cast_dtype,
+                               cast_note)
     if not args.symmetric or args.strategy not in ("tensor", "channel"):
         raise CheckpointError(f"{name}: W8A8 weights '{args.describe()}' are not supported; supported: symmetric, "
                               "per-tensor or per-channel.")
@@ -371,7 +617,7 @@ def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: t
             note = "2:4 detected, asymmetric inputs"
         else:
             return Sparse24Linear(weight, w_scale, act, bias, in_scale,
-                                  _where_kernel(cap, f"2:4 sparse fp8, {act.describe()}"))
+                                  _where_kernel(cap, f"2:4 sparse fp8, {act.describe()}{cast_note}"), cast_dtype)
         family = f"dense fp8 ({note})"
 
     if cap is not None and not _scaled_mm().supports(cap, wdt):
@@ -380,10 +626,32 @@ def make_linear(name: str, t: Tensors, scheme: Scheme, fmt: str, *, act_dtype: t
         raise CheckpointError(f"{name}: the INT8 scaled GEMM is not available on sm{cap} in this build "
                               "(`qkernels info` lists what was built).")
     return W8A8Linear(weight, w_scale, act, bias, in_scale, in_zp,
-                      _where_kernel(cap, f"{family} scaled_mm, {args.strategy} weights, {act.describe()}"))
+                      _where_kernel(cap, f"{family} scaled_mm, {args.strategy} weights, {act.describe()}{cast_note}"),
+                      cast_dtype)
 
 
-def _make_w4a16(name, t, args, n, k, bias, act_dtype, cap, fallback) -> QuantLinear:
+def _make_fp8_block(name, t, args, inputs: QuantArgs, n, k, bias, cap, fallback, cast_dtype, cast_note) -> QuantLinear:
+    """FP8_BLOCK: 128x128 block-scaled fp8 weights x fp8 activations quantized per token in groups of 128."""
+    if args.type != "float" or args.num_bits != 8 or t["weight"].dtype != FP8:
+        raise CheckpointError(f"{name}: block-quantized weights '{args.describe()}' ({t['weight'].dtype}) are not "
+                              "supported; supported: float8_e4m3fn with 128x128 blocks (FP8_BLOCK).")
+    if not (inputs.type == "float" and inputs.num_bits == 8 and inputs.strategy == "group" and inputs.dynamic
+            and inputs.symmetric and inputs.group_size == fb.BLOCK):
+        raise CheckpointError(f"{name}.input_activations: '{inputs.describe()}' with 128x128 block weights has no "
+                              f"qkernels kernel; supported: float8 dynamic per-token groups of {fb.BLOCK} (FP8_BLOCK).")
+    if k % fb.K_MULTIPLE or n % fb.N_MULTIPLE:
+        return fallback(f"FP8 block GEMM needs K % {fb.K_MULTIPLE} == 0 and N % {fb.N_MULTIPLE} == 0, layer is "
+                        f"[{n}, {k}]")
+    if cap is not None and not fb.supports(cap):
+        return fallback(f"FP8 block GEMM runs on sm89 / sm90 with the fp8_block family built; this GPU is sm{cap}")
+    partial = f", last block row {n % fb.BLOCK} of {fb.BLOCK}" if n % fb.BLOCK else ""
+    return FP8BlockLinear(t["weight"], t["weight_scale"], bias,
+                          _where_kernel(cap, f"fp8 block128x128 scaled_mm, fp8 dynamic per-token group128"
+                                             f"{partial}{cast_note}"), cast_dtype)
+
+
+def _make_w4a16(name, t, args, n, k, bias, act_dtype, cap, fallback, cast_dtype=None, cast_note="",
+                hopper: str = "off") -> QuantLinear:
     gs = -1 if args.strategy == "channel" else (args.group_size if args.strategy == "group" else None)
     if gs is None:
         return fallback("W4A16 with a per-tensor weight scale has no kernel layout")
@@ -391,8 +659,6 @@ def _make_w4a16(name, t, args, n, k, bias, act_dtype, cap, fallback) -> QuantLin
         return fallback(f"W4A16 group_size {gs} not in {w4a16.GROUP_SIZES}")
     if n % w4a16.TILE_N or k % w4a16.TILE_K:
         return fallback(f"W4A16 kernel needs N % {w4a16.TILE_N} == 0 and K % {w4a16.TILE_K} == 0, layer is [{n}, {k}]")
-    if act_dtype not in w4a16.ACT_DTYPES:
-        return fallback(f"W4A16 runs fp16/bf16 activations, the model is {act_dtype}")
     g_idx = t.get("weight_g_idx")
     if g_idx is not None and gs != -1:
         counts = torch.bincount(g_idx.long().cpu(), minlength=k // gs)
@@ -403,6 +669,21 @@ def _make_w4a16(name, t, args, n, k, bias, act_dtype, cap, fallback) -> QuantLin
                                  g_idx, gs, act_dtype, symmetric=args.symmetric)
     except ValueError as e:
         raise CheckpointError(f"{name}: {e}") from e
+    hw, paths = None, "marlin"
+    if hopper == "on" or (hopper == "auto" and cap is not None):
+        why = w4h.layer_unsupported(n, k, gs)
+        if cap is not None and not w4h.supported(cap):
+            here = "build has none" if cap == 90 else f"GPU is sm{cap}"
+            why = f"needs sm90 with the sm90a kernels built, this {here}"
+        if why is None:
+            try:
+                hw = w4h.prepare_weight(t["weight_packed"].contiguous(), t["weight_scale"], t.get("weight_zero_point"),
+                                        g_idx, gs, act_dtype, symmetric=args.symmetric, scales=w.scales)
+            except ValueError as e:
+                raise CheckpointError(f"{name}: {e}") from e
+            paths = f"marlin + hopper (M >= {w4h.hopper_min_m()})"
+        elif hopper == "on" or cap == 90:  # "auto" elsewhere: the Marlin path is the only one, nothing to explain
+            paths = f"marlin only (hopper: {why})"
     order = ", act-order" if w.perm is not None else ""
-    what = f"w4a16 {'asym' if w.has_zp else 'sym'} g{gs}{order}"
-    return W4A16Linear(w, bias, _where_kernel(cap, what))
+    what = f"w4a16 {'asym' if w.has_zp else 'sym'} g{gs}{order}, {paths}{cast_note}"
+    return W4A16Linear(w, bias, _where_kernel(cap, what), cast_dtype, hw)

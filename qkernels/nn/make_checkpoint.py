@@ -29,11 +29,12 @@ from safetensors.torch import load_file
 HIDDEN, INTERMEDIATE, VOCAB = 128, 256, 256  # the smallest sizes the W4A16 / 2:4 kernels tile
 
 
-def tiny_model(arch: str = "llama", layers: int = 1, seed: int = 0, dtype=torch.bfloat16):
+def tiny_model(arch: str = "llama", layers: int = 1, seed: int = 0, dtype=torch.bfloat16, hidden: int = HIDDEN,
+               intermediate: int = INTERMEDIATE):
     """A tiny random ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (hidden 128, 4 heads, 2 KV heads)."""
     import transformers
 
-    common = dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
+    common = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
                   max_position_embeddings=64, tie_word_embeddings=False)
     if arch == "llama":
@@ -80,6 +81,11 @@ def _minmax(w: torch.Tensor, args):
     if strategy == "group":
         g = w.view(w.size(0), -1, args.group_size)
         return g.amin(-1), g.amax(-1)
+    if strategy == "block":  # [ceil(N/bn), ceil(K/bk)]; a partial last block is padded with zeros, which
+        bn, bk = args.block_structure  # changes nothing: calculate_qparams widens every range to hold 0
+        n, k = w.shape
+        g = torch.nn.functional.pad(w, (0, -k % bk, 0, -n % bn)).view(-(-n // bn), bn, -(-k // bk), bk)
+        return g.amin(dim=(1, 3)), g.amax(dim=(1, 3))
     raise NotImplementedError(f"observer for weight strategy {strategy}")
 
 

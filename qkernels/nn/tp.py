@@ -17,6 +17,7 @@ weight_scale / zero point groups       rows                          group colum
 [N, G]                                                               all groups kept with act-order
 weight_zero_point packed [N*b/32, G]   packed rows (N/ws*b % 32==0)  as weight_scale
 weight_g_idx [K]                       replicated                    columns
+weight_scale blocks [N/bn, K/bk]       block rows (N/ws % bn == 0)   block columns (K/ws % bk == 0)
 bias [N]                               rows                          rank 0 only
 input_scale / input_zero_point         replicated                    replicated
 =====================================  ============================  ===============================
@@ -75,6 +76,13 @@ def shard(tensors: Tensors, scheme: Scheme, fmt: str, mode: str, rank: int, worl
         elif key == "weight_g_idx":
             out[key] = t if mode == COLUMN else _chunk(t, 0, rank, world_size, what)
         elif key in ("weight", "weight_packed"):  # packed words split along K are whole words
+            out[key] = _chunk(t, 0 if mode == COLUMN else 1, rank, world_size, what)
+        elif key == "weight_scale" and args.strategy == "block":
+            bn, bk = args.block_structure
+            n, k = tensors["weight"].shape
+            if (n if mode == COLUMN else k) % (world_size * (bn if mode == COLUMN else bk)):
+                raise CheckpointError(f"{what}: a {mode}-parallel shard of [{n}, {k}] into {world_size} must hold whole "
+                                      f"{bn}x{bk} blocks.")
             out[key] = _chunk(t, 0 if mode == COLUMN else 1, rank, world_size, what)
         elif key in ("weight_scale", "weight_zero_point"):
             if mode == COLUMN:

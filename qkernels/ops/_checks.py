@@ -6,7 +6,7 @@ repeat the checks that guard memory safety in C++ (``csrc/core/checks.h``).
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 
@@ -50,6 +50,16 @@ def check_contiguous(op: str, name: str, t: torch.Tensor) -> None:
 def check_last_dim_contiguous(op: str, name: str, t: torch.Tensor) -> None:
     if t.dim() > 0 and t.size(-1) > 1 and t.stride(-1) != 1:
         fail(op, f"{name} must be contiguous along its last dim; got strides {t.stride()}: call .contiguous() first.")
+
+
+def check_gemm_operands(op: str, a: torch.Tensor, b: torch.Tensor) -> Tuple[int, int, int]:
+    """``a`` [M, K] and ``b`` [K, N] (the weight's ``.t()``), both 2-D; returns ``(M, K, N)``."""
+    check_dim(op, "a", a, 2)
+    check_dim(op, "b", b, 2)
+    m, k = a.shape
+    if b.size(0) != k:
+        fail(op, f"a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: b must be [K, N] = weight.t() with K = {k}.")
+    return m, k, b.size(1)
 
 
 def check_multiple(op: str, what: str, value: int, multiple: int, hint: str = "") -> None:

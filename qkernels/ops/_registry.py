@@ -39,11 +39,17 @@ def register_fake(name: str):
     return torch.library.register_fake(qualname(name), lib=_impl_lib)
 
 
+# op name -> its pure-torch reference (the CPU implementation). Device-agnostic: called on CUDA
+# tensors it runs the reference math there (qkernels.testing.sweep checks large GEMMs that way).
+REFERENCES: dict = {}
+
+
 def register_reference(name: str):
     """Decorator: register a pure-torch function as the CPU implementation."""
 
     def deco(fn):
         _impl_lib.impl(name, fn, "CPU")
+        REFERENCES[name] = fn
         return fn
 
     return deco
@@ -54,6 +60,18 @@ def register_composite(name: str):
 
     def deco(fn):
         _impl_lib.impl(name, fn, "CompositeExplicitAutograd")
+        return fn
+
+    return deco
+
+
+def register_python_cuda(name: str):
+    """Decorator: a CUDA implementation written in Python (e.g. a Triton kernel). The family lists
+    the op in its ``PYTHON_CUDA_OPS`` so that the loader neither counts it as a compiled kernel nor
+    registers a "not built" fallback over it."""
+
+    def deco(fn):
+        _impl_lib.impl(name, fn, "CUDA")
         return fn
 
     return deco

@@ -54,13 +54,7 @@ def _check_operands(name: str, a, b, a_scales, b_scales, out_dtype, bias):
     if b.dtype != a.dtype:
         C.fail(name, f"a is {str(a.dtype).replace('torch.', '')} but b is {str(b.dtype).replace('torch.', '')}: "
                      "both operands must have the same dtype (int8 x int8 or float8_e4m3fn x float8_e4m3fn).")
-    C.check_dim(name, "a", a, 2)
-    C.check_dim(name, "b", b, 2)
-    m, k = a.shape
-    if b.size(0) != k:
-        C.fail(name, f"a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: b must be [K, N] = weight.t() "
-                     f"with K = {k}.")
-    n = b.size(1)
+    m, k, n = C.check_gemm_operands(name, a, b)
     if k == 0:
         C.fail(name, "K = 0: the GEMM needs at least one input feature.")
     C.check_multiple(name, "K", k, K_MULTIPLE, _PAD_HINT)

@@ -69,4 +69,36 @@ SCHEMAS: dict[str, str] = {
         "(Tensor a, Tensor b_q, Tensor scales, Tensor? zeros, Tensor? perm, Tensor? bias, "
         "int size_n, int size_k, int group_size) -> Tensor"
     ),
+    # ---------------------------------------------------------------- w4a16_hopper
+    # The Hopper (sm90a) large-M path of W4A16: its own weight layout and GEMM.
+    # Prepack a compressed-tensors `pack-quantized` 4-bit weight (int32 [N, K/8]) into int32
+    # [K/16, N/16, 32]: 16x16 atoms in wgmma register-fragment order, two's-complement nibbles;
+    # `perm` (int32 [K], act-order) first reorders K.
+    "w4a16_hopper_prepack": "(Tensor weight_packed, Tensor? perm=None) -> Tensor",
+    # out[..., N] = a[..., perm] @ dequant(b) (+ bias), dequant = q * s (+ z' = (8 - z) * s, the
+    # additive zero term; None: symmetric), scales / zeros [G, N] in a's dtype, fp32 accumulation.
+    # CUTLASS mixed-input wgmma kernel (TMA, warp-specialized); sm90 only.
+    "w4a16_hopper_gemm": (
+        "(Tensor a, Tensor b, Tensor scales, Tensor? zeros, Tensor? perm, Tensor? bias, "
+        "int size_n, int size_k, int group_size) -> Tensor"
+    ),
+    # True if this install runs w4a16_hopper_gemm on a GPU of that capability (only 90).
+    "w4a16_hopper_supported": "(int device_capability) -> bool",
+    # ---------------------------------------------------------------- fp8_block
+    # FP8 e4m3 with one float32 scale per token and group of group_size (64/128) elements of K:
+    # dynamic (absmax/448, optionally rounded up to a power of two: scale_ue8m0) or static (scale:
+    # [1] or [K/group_size]). Returns (q, s[..., K/group_size]); s row-major, or column-major with
+    # stride(-1) = ceil(M/4)*4 (column_major_scales: the sm90 GEMM's TMA layout).
+    "per_token_group_fp8_quant": "(Tensor input, int group_size=128, bool column_major_scales=False, "
+    "bool scale_ue8m0=False, Tensor? scale=None) -> (Tensor, Tensor)",
+    # Blockwise-scaled FP8 GEMM: a [M, K] e4m3 with a_scales [M, K/128] (per token and 128 of K),
+    # b [K, N] = w.t() with b_scales [ceil(N/128), K/128] (per 128x128 weight block); scales applied
+    # per 128-block of K in float32; bias [N]; bf16/fp16 out. sm90: CUTLASS; sm89: the Triton op below.
+    "fp8_block_scaled_mm": "(Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, ScalarType out_dtype, "
+    "Tensor? bias=None) -> Tensor",
+    # The sm89 (Ada) path of fp8_block_scaled_mm, a Triton kernel (CUDA impl registered from Python).
+    "fp8_block_scaled_mm_triton": "(Tensor a, Tensor b, Tensor a_scales, Tensor b_scales, "
+    "ScalarType out_dtype, Tensor? bias=None) -> Tensor",
+    # True if this install runs fp8_block_scaled_mm on a GPU of that capability (e.g. 90).
+    "fp8_block_scaled_mm_supports": "(int device_capability) -> bool",
 }

@@ -18,14 +18,37 @@ INT8
                        scale_m = (hi - lo) / 255  (1 if hi == lo)
                        azp_m = rint(-128 - lo / scale_m)             (int32)
                        q = sat8(rint(x / scale_m) + azp_m)
-``rint`` rounds half to even; ``sat8`` clamps to [-128, 127].
-Domain: finite inputs, finite positive static scales, and (int8 symmetric) rows whose absmax is
-not below 127 / FLT_MAX. Outside it (NaN, inf, a zero static scale, denormal-only rows) the
-kernels and this spec may differ: the kernels' reductions ignore NaN (as vLLM's do) where
-torch's propagate it, and float-to-int conversions of NaN are not specified by C++. "Bit-exact"
-means against this spec evaluated on the CPU (on CUDA tensors torch turns ``x / c`` by a Python
-scalar into ``x * (1 / c)``).
+``rint`` rounds half to even; ``sat8`` clamps to [-128, 127] (and maps NaN to -128, see below).
+"Bit-exact" means against this spec evaluated on the CPU (on CUDA tensors torch turns ``x / c``
+by a Python scalar into ``x * (1 / c)``).
 Scales are float32 with shape ``[1]`` (per tensor) or ``[*x.shape[:-1], 1]`` (per token).
+
+INT8 scale convention: ``absmax / 127`` (as vLLM's kernels): the row's largest magnitude maps
+exactly to +-127, nothing clips. compressed-tensors' fake quantization (``calculate_qparams``,
+what llm-compressor calibrates with) divides by 127.5 (= 255 / 2) instead: its scales are
+127.5 / 127 = 1.0039x smaller, so its values are 0.39% finer and its absmax element rounds to
+127.5 -> clamped to 127. The two differ by at most one step per element and are equally accurate
+(measured on Gaussian rows of K = 4096: 0.870% vs 0.866% rms relative error); the loader uses these
+ops, so an INT8 checkpoint's activations are quantized the vLLM way. Dynamic asymmetric INT8 widens the row's range to contain 0 (compressed-tensors'
+convention too), which keeps 0 exact and the zero point in [-128, 127], so that the azp GEMM's
+int32 correction ``azp * colsum(w)`` cannot overflow (|azp * colsum| <= 128 * 127 * K < 2^31 for
+K < 131072). vLLM uses each row's own [min, max] instead (up to 2x finer on rows of one sign,
+with unbounded zero points); :func:`qkernels.vllm.scaled_int8_quant` reproduces that convention.
+
+Non-finite inputs (the NaN / inf policy; no op raises, since detecting them would need a host
+synchronisation per call; check ``torch.isfinite`` yourself where it matters):
+
+* NaN: ignored by every scale / zero-point reduction (absmax, min, max: the kernels' ``fmaxf`` /
+  ``fminf`` semantics, as vLLM's kernels), so one NaN does not change the scale or any other
+  output. The NaN element itself quantizes to FP8 NaN, or to -128 in INT8.
+* +-inf: FP8 static saturates it to +-448; INT8 static to 127 / -128. In a dynamic scale it is
+  the absmax: the scale of its row (per token) or of the tensor (per tensor) becomes inf, the
+  finite elements there quantize to 0 (FP8, INT8 symmetric) or to the zero point -128 (INT8
+  asymmetric), and the inf element to NaN (FP8) / -128 (INT8); an INT8 asymmetric row holding
+  -inf gets zero point 0 and every element -128. Other rows are unaffected. ``scale_ub`` (FP8
+  per token) bounds the scale: the inf element then saturates to +-448 instead.
+* A zero, negative or non-finite static scale, and rows whose absmax is below 127 / FLT_MAX
+  (INT8 symmetric), are outside the domain: the result is not specified.
 """
 from __future__ import annotations
 
@@ -39,6 +62,12 @@ FP8_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 INT8_MIN, INT8_MAX = -128, 127
 
 
+def _no_nan(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """``x`` with NaN replaced by ``value`` (infinities kept): what a reduction that ignores NaN sees,
+    when ``value`` is the reduction's start value (0 for absmax and the zero-anchored min / max)."""
+    return torch.where(torch.isnan(x), torch.full_like(x, value), x)
+
+
 def _to_fp8(x: torch.Tensor, inv_scale: torch.Tensor) -> torch.Tensor:
     return (x.float() * inv_scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
@@ -49,7 +78,7 @@ def static_scaled_fp8_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
 
 
 def dynamic_scaled_fp8_quant(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    absmax = x.float().abs().amax() if x.numel() else torch.zeros((), device=x.device)
+    absmax = _no_nan(x.float().abs()).amax() if x.numel() else torch.zeros((), device=x.device)
     scale = torch.clamp(absmax / FP8_MAX, min=FP8_MIN_SCALE).reshape(1)
     return _to_fp8(x, torch.reciprocal(scale)), scale
 
@@ -58,7 +87,7 @@ def dynamic_per_token_scaled_fp8_quant(
     x: torch.Tensor, scale_ub: Optional[torch.Tensor] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
-    absmax = xf.abs().amax(dim=-1, keepdim=True)
+    absmax = _no_nan(xf.abs()).amax(dim=-1, keepdim=True)
     if scale_ub is not None:
         absmax = torch.minimum(absmax, scale_ub.float().reshape(()))
     scale = torch.clamp(absmax / FP8_MAX, min=FP8_MIN_SCALE)
@@ -66,7 +95,8 @@ def dynamic_per_token_scaled_fp8_quant(
 
 
 def _sat8(q: torch.Tensor) -> torch.Tensor:
-    return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+    # the kernels' fminf(fmaxf(q, -128), 127): fmaxf(NaN, -128) is -128
+    return _no_nan(q, INT8_MIN).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
 def static_scaled_int8_quant(
@@ -80,7 +110,7 @@ def static_scaled_int8_quant(
 
 def dynamic_scaled_int8_quant(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
-    absmax = xf.abs().amax(dim=-1, keepdim=True)
+    absmax = _no_nan(xf.abs()).amax(dim=-1, keepdim=True)
     scale = absmax / 127.0
     inv = torch.where(absmax > 0, 127.0 / absmax, torch.zeros_like(absmax))
     return _sat8(torch.round(xf * inv)), scale
@@ -88,10 +118,11 @@ def dynamic_scaled_int8_quant(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tens
 
 def dynamic_scaled_int8_quant_azp(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     xf = x.float()
-    lo = torch.clamp(xf.amin(dim=-1, keepdim=True), max=0.0)
-    hi = torch.clamp(xf.amax(dim=-1, keepdim=True), min=0.0)
+    finite_or_inf = _no_nan(xf)  # NaN -> 0: ignored, since the range always holds 0
+    lo = torch.clamp(finite_or_inf.amin(dim=-1, keepdim=True), max=0.0)
+    hi = torch.clamp(finite_or_inf.amax(dim=-1, keepdim=True), min=0.0)
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    azp = torch.round(-128.0 - lo / scale)
-    q = _sat8(torch.round(xf / scale) + azp)
-    return q, scale, azp.to(torch.int32)
+    zp = torch.round(-128.0 - lo / scale)  # NaN only for a row holding -inf (-inf / inf)
+    q = _sat8(torch.round(xf / scale) + zp)
+    return q, scale, _no_nan(zp).to(torch.int32)  # the kernel's float -> int32 conversion turns NaN into 0

@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 from typing import Dict, Tuple
 
-FAMILIES: Tuple[str, ...] = ("quant", "scaled_mm", "w4a16", "sparse24")
+FAMILIES: Tuple[str, ...] = ("quant", "scaled_mm", "w4a16", "w4a16_hopper", "sparse24", "fp8_block")
 
 
 def load(family: str) -> ModuleType:
