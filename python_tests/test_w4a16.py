@@ -251,6 +251,8 @@ def test_error_shapes_of_kernel_tensors(seed):
         gemm(x, w.qweight, w.scales, None, torch.arange(255, dtype=torch.int32), None, 64, 256, 128)
     with pytest.raises(QKernelsInputError, match=r"bias has shape \(65,\); expected \[N\]"):
         gemm(x, w.qweight, w.scales, None, None, torch.zeros(65, dtype=torch.bfloat16), 64, 256, 128)
+    with pytest.raises(QKernelsInputError, match=r"bias .*contiguous"):  # as the CUDA glue requires
+        gemm(x, w.qweight, w.scales, None, None, torch.zeros(128, dtype=torch.bfloat16)[::2], 64, 256, 128)
 
 
 # ----------------------------------------------------------------- GPU: CUDA kernels vs reference

@@ -316,7 +316,7 @@ def test_error_marlin_layout_and_dtypes(seed):
         H.gemm(x.half(), w)
     with pytest.raises(QKernelsInputError, match=r"a has shape \(2, 64\); its last dim must be K = 128"):
         torch.ops.qkernels.w4a16_hopper_gemm(x[:, :64].contiguous(), w.b, w.scales, None, None, None, 64, 128, -1)
-    with pytest.raises(QKernelsInputError, match=r"bias has shape \(32,\); expected \[64\]"):
+    with pytest.raises(QKernelsInputError, match=r"bias has shape \(32,\); expected \[N\] = \[64\]"):
         H.gemm(x, w, torch.zeros(32, dtype=torch.bfloat16))
     with pytest.raises(QKernelsInputError, match=r"perm has shape \(64,\); expected \[K\] = \[128\]"):
         torch.ops.qkernels.w4a16_hopper_gemm(x, w.b, w.scales, None, torch.arange(64, dtype=torch.int32), None,

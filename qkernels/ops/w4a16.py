@@ -54,6 +54,24 @@ def _check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
         C.fail(name, f"perm has shape {tuple(perm.shape)}; expected [K] = [{size_k}].")
 
 
+def check_gemm_params(name: str, a: torch.Tensor, scales, zeros, perm, bias, size_n: int, size_k: int,
+                      group_size: int, check_perm=_check_perm) -> None:
+    """The checks both W4A16 GEMMs (this one and ``w4a16_hopper_gemm``) make of ``scales`` /
+    ``zeros`` ([G, N], activation dtype, contiguous), ``perm`` (``check_perm``: each op's own) and
+    ``bias`` (contiguous [N], activation dtype), as their CUDA glue does; the weight is each op's own."""
+    groups = (_num_groups(size_k, group_size), size_n)
+    _check_group_tensor(name, "scales", scales, groups, a.dtype)
+    if zeros is not None:
+        _check_group_tensor(name, "zeros", zeros, groups, a.dtype)
+    if perm is not None:
+        check_perm(name, perm, size_k)
+    if bias is not None:
+        C.check_dtype(name, "bias", bias, (a.dtype,), hint="bias must have the activations' dtype.")
+        if tuple(bias.shape) != (size_n,):
+            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [N] = [{size_n}].")
+        C.check_contiguous(name, "bias", bias)
+
+
 # ----------------------------------------------------------------- w4a16_repack
 def _checks_repack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) -> None:
     name = "w4a16_repack"
@@ -97,16 +115,7 @@ def _checks_gemm(a, b_q, scales, zeros, perm, bias, size_n, size_k, group_size) 
         C.fail(name, f"b_q has shape {tuple(b_q.shape)}; expected [K/16, 2N] = [{size_k // 16}, {2 * size_n}] "
                      "(the output of w4a16_repack).")
     C.check_contiguous(name, "b_q", b_q)
-    groups = (_num_groups(size_k, group_size), size_n)
-    _check_group_tensor(name, "scales", scales, groups, a.dtype)
-    if zeros is not None:
-        _check_group_tensor(name, "zeros", zeros, groups, a.dtype)
-    if perm is not None:
-        _check_perm(name, perm, size_k)
-    if bias is not None:
-        C.check_dtype(name, "bias", bias, (a.dtype,), hint="bias must have the activations' dtype.")
-        if tuple(bias.shape) != (size_n,):
-            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [N] = [{size_n}].")
+    check_gemm_params(name, a, scales, zeros, perm, bias, size_n, size_k, group_size)
     C.check_same_device(name, a=a, b_q=b_q, scales=scales, zeros=zeros, perm=perm, bias=bias)
 
 

@@ -31,7 +31,7 @@ from .. import configs
 from ..reference import w4a16 as ct  # the checkpoint format (packing, zero points, act-order)
 from ..reference import w4a16_hopper as ref
 from . import _checks as C
-from .w4a16 import check_checkpoint_weight
+from .w4a16 import _check_group_tensor, check_checkpoint_weight, check_gemm_params
 from ._registry import op, register_composite, register_fake, register_reference
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -61,10 +61,6 @@ PAD_HINT = (
 _MARLIN = "use the Marlin-style path (qkernels.ops.w4a16) for this layer instead."
 
 
-def _num_groups(size_k: int, group_size: int) -> int:
-    return 1 if group_size == -1 else size_k // group_size
-
-
 def _check_sizes(name: str, size_n: int, size_k: int, group_size: int) -> None:
     if size_n <= 0 or size_k <= 0:
         C.fail(name, f"N = {size_n} and K = {size_k} must be positive.")
@@ -86,13 +82,6 @@ def _check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
     if tuple(perm.shape) != (size_k,):
         C.fail(name, f"perm has shape {tuple(perm.shape)}; expected [K] = [{size_k}].")
     C.check_contiguous(name, "perm", perm)
-
-
-def _check_group_tensor(name: str, argname: str, t: torch.Tensor, shape, dtype: torch.dtype) -> None:
-    C.check_dtype(name, argname, t, (dtype,), hint=f"{argname} must have the activations' dtype.")
-    if tuple(t.shape) != tuple(shape):
-        C.fail(name, f"{argname} has shape {tuple(t.shape)}; expected [G, N] = {list(shape)} (see prepare_weight).")
-    C.check_contiguous(name, argname, t)
 
 
 # ----------------------------------------------------------------- w4a16_hopper_prepack
@@ -146,16 +135,7 @@ def _checks_gemm(a, b, scales, zeros, perm, bias, size_n, size_k, group_size) ->
         C.fail(name, f"b has shape {tuple(b.shape)}; expected [K/16, N/16, 32] = "
                      f"{list(_prepacked_shape(size_n, size_k))} (the output of w4a16_hopper_prepack).{hint}")
     C.check_contiguous(name, "b", b)
-    groups = (_num_groups(size_k, group_size), size_n)
-    _check_group_tensor(name, "scales", scales, groups, a.dtype)
-    if zeros is not None:
-        _check_group_tensor(name, "zeros", zeros, groups, a.dtype)
-    if perm is not None:
-        _check_perm(name, perm, size_k)
-    if bias is not None:
-        C.check_bias(name, bias, size_n, a.dtype)
-        if bias.dim() != 1:
-            C.fail(name, f"bias has shape {tuple(bias.shape)}; expected [N] = [{size_n}].")
+    check_gemm_params(name, a, scales, zeros, perm, bias, size_n, size_k, group_size, _check_perm)
     C.check_same_device(name, a=a, b=b, scales=scales, zeros=zeros, perm=perm, bias=bias)
 
 
