@@ -14,6 +14,7 @@ Build switches (environment variables; README "Build switches"):
   QKERNELS_SKIP_CUDA    1: build no CUDA code (the ops run on their CPU references)
   QKERNELS_CUTLASS_DIR  a CUTLASS checkout to use instead of the nvidia-cutlass wheel
   QKERNELS_BUILD_DIR    CMake build folder (default build/cmake-<hash of the switches>)
+  QKERNELS_CCACHE       1 (default): compile through ccache if it is on PATH; 0: never
   MAX_JOBS              parallel compile jobs (default: number of CPUs)
 """
 from __future__ import annotations
@@ -151,6 +152,7 @@ class CMakeBuild(build_ext):
             f"-DQK_TORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             f"-DQK_OUTPUT_DIR={out_dir}",
             f"-DQK_LIB_NAME={lib_name}",
+            f"-DQK_CCACHE={'OFF' if os.environ.get('QKERNELS_CCACHE', '1') == '0' else 'ON'}",
         ]
         _log(f"archs={archs} families={families} ptx={ptx} sass_for={sass_for or '-'} build_type={build_type} jobs={jobs} dir={build_dir}")
         subprocess.check_call(args)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on the CPU machine, everything the GPU window (scripts/gpu_window.sh) carries to the GPU
 # machine, so that nothing is compiled there (README "Validating on a GPU"):
-#   .gpu-venv/    a venv with the GPU machine's torch (2.11.0+cu130), cmake, ninja, CUTLASS headers
+#   GPU_VENV      a venv with the GPU machine's torch (2.11.0+cu130), cmake, ninja, CUTLASS headers
+#                 (5 GB, 6 min to make: kept outside the work tree, in ~/.cache/qkernels/, so a later
+#                 session on the same machine reuses it)
 #   .gpu-carry/   _qkernels_cuda.so.gz  the library, built against that torch:
 #                                       sm_90a for the Hopper sources; the sm75/80/89 groups as sm_90
 #                                       machine code from their own virtual arch (QKERNELS_SASS_FOR=90),
@@ -9,11 +11,14 @@
 #                 _build_info.json      groups + archs, torch, commit, dirty flag, date, source digest,
 #                                       sha256, NEEDED sonames, the ops it registers (load check below)
 #                 wheels/*.whl          compressed-tensors and its dependencies (cp312)
-# Both folders are git-ignored; name .gpu-carry in the device call's `carry`.
+# .gpu-carry is git-ignored; name it in the device call's `carry`. With ccache on PATH (CMakeLists.txt
+# uses it when found; `apt-get install ccache`), a rebuild of sources compiled before, in any clone
+# of the repo, comes from its cache (~/.cache/ccache) in a few minutes instead of 30-60.
 #
 # Usage: bash scripts/gpu_prebuild.sh [--dry-run]
 #   --dry-run   print every step and its exact commands; run nothing
-# Environment (defaults): GPU_TORCH (2.11.0), GPU_VENV (.gpu-venv), CARRY (.gpu-carry),
+# Environment (defaults): GPU_TORCH (2.11.0), GPU_VENV (~/.cache/qkernels/gpu-venv-$GPU_TORCH),
+#   CARRY (.gpu-carry),
 #   BUILD_DIR (build/gpu-prebuild), QKERNELS_CUDA_ARCHS (90a), QKERNELS_SASS_FOR (90),
 #   QKERNELS_FAMILIES (all), MAX_JOBS (2), NVCC (/usr/local/cuda/bin/nvcc), WHEELS (1: fetch them),
 #   MAX_CARRY_MIB (56: the carry folder's size limit; the device call carries 64 MiB in all),
@@ -26,12 +31,12 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_prebuild.sh: unknown argument '$arg' (use --dry-run or --help)" >&2; exit 2 ;;
   esac
 done
 GPU_TORCH=${GPU_TORCH:-2.11.0}
-VENV=${GPU_VENV:-.gpu-venv}
+VENV=${GPU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/qkernels/gpu-venv-$GPU_TORCH}
 CARRY=${CARRY:-.gpu-carry}
 BUILD=${BUILD_DIR:-build/gpu-prebuild}
 ARCHS=${QKERNELS_CUDA_ARCHS:-90a}
