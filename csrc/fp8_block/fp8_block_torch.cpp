@@ -126,9 +126,18 @@ struct Problem {
   int64_t m, n, k, kb, nb;
 };
 
-bool column_major_aligned(const at::Tensor& s) {
-  const int64_t m = s.size(0), kb = s.size(1);
-  return (m <= 1 || s.stride(0) == 1) && (kb <= 1 || (s.stride(1) >= m && s.stride(1) % kScaleAlign == 0));
+// The sm90 kernels' fast path for a_scales [M, K/128]: column-major with a 16-byte aligned column
+// stride ld >= M_pad, a 16-byte aligned base, and storage that reaches the padding rows of the last
+// column ((kb-1)*ld + M_pad floats: the kernels' TMA reads them, sm90_blockwise.cuh token_scales),
+// which per_token_group_quant(..., column_major_scales=True) allocates. ld_out: the stride to use.
+bool column_major_aligned(const at::Tensor& s, int64_t& ld_out) {
+  const int64_t m = s.size(0), kb = s.size(1), m_pad = tma_aligned_rows(m);
+  const int64_t ld = kb <= 1 ? m_pad : s.stride(1);
+  const bool layout = (m <= 1 || s.stride(0) == 1) && (kb <= 1 || (ld >= m && ld % kScaleAlign == 0));
+  const int64_t need = s.storage_offset() + (kb - 1) * ld + m_pad;
+  const bool in_storage = static_cast<int64_t>(s.storage().nbytes() / sizeof(float)) >= need;
+  ld_out = ld;
+  return layout && in_storage && reinterpret_cast<uintptr_t>(s.data_ptr()) % 16 == 0;
 }
 
 Problem check_gemm(const char* op, const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scales,
@@ -201,8 +210,8 @@ at::Tensor run_sm90(const char* op, const Problem& p, const at::Tensor& a, const
   // per_token_group_quant(..., column_major_scales=True) writes exactly that; any other layout is
   // copied into it here (one small extra kernel: M * K/128 floats).
   at::Tensor sa = a_scales;
-  int64_t ld = p.kb <= 1 ? tma_aligned_rows(p.m) : a_scales.stride(1);
-  if (!column_major_aligned(a_scales) || reinterpret_cast<uintptr_t>(a_scales.data_ptr()) % 16 != 0) {
+  int64_t ld = 0;
+  if (!column_major_aligned(a_scales, ld)) {
     ld = tma_aligned_rows(p.m);
     sa = at::empty({p.kb * ld}, a_scales.options()).as_strided({p.m, p.kb}, {1, ld});
     sa.copy_(a_scales);

@@ -105,9 +105,16 @@ struct BlockwiseGemm {
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   // Token scales, MN-major: element (row, kb) at kb * ld + row (ld: the glue's TMA-aligned stride).
+  // The layout covers M_pad = ceil(M / kScaleAlign) * kScaleAlign rows, not M: where the scales are
+  // TMA-loaded (tiles of >= 32 token rows), CUTLASS's can_implement requires the layout's stride-1
+  // extent to be a multiple of 16 bytes (check_alignment<4>(layout_SFA/SFB) in
+  // sm90_mma_tma_gmma_ss_warpspecialized_fp8_blockwise_scaling.hpp), so M = 17 would be refused.
+  // The padding rows feed only accumulator rows (columns, swapped) >= M, which are never stored;
+  // the glue guarantees they are addressable (M_pad <= ld, storage up to (kb-1)*ld + M_pad).
   template <class Layout>
   static Layout token_scales(int rows, int kblocks, int ld) {
-    return Layout(make_shape(make_shape(_1{}, rows), make_shape(Int<kBlock>{}, kblocks), 1),
+    const int rows_pad = (rows + kScaleAlign - 1) / kScaleAlign * kScaleAlign;
+    return Layout(make_shape(make_shape(_1{}, rows_pad), make_shape(Int<kBlock>{}, kblocks), 1),
                   make_stride(make_stride(_0{}, _1{}), make_stride(_0{}, ld), ld * kblocks));
   }
   // Weight scales, K-major: element (nb, kb) at nb * kblocks + kb (row-major [ceil(N/128), K/128]).
