@@ -404,6 +404,11 @@ GPU_CASES = [
     (1000, 1024, 2048, 64, True, True, torch.float16),
     (2049, 2048, 1024, 128, False, True, torch.bfloat16),
     (300, 256, 8192, 128, True, False, torch.bfloat16),  # large K
+    # an odd number of 128-row weight tiles, the last one partial (N % 128 == 64): the 2x1 cluster's
+    # second CTA gets an empty or half tile (CUTLASS example 55 runs 1x1 clusters only)
+    (3, 64, 256, 128, True, False, torch.bfloat16),
+    (70, 192, 512, 64, False, True, torch.float16),
+    (700, 320, 1024, -1, True, False, torch.bfloat16),
 ]
 
 
