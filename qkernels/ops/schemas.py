@@ -65,6 +65,9 @@ SCHEMAS: dict[str, str] = {
     # a fp16/bf16 [..., K]; b_q from w4a16_repack; scales / zeros (zero-point nibbles, None for
     # symmetric uint4b8) [G, N] in a's dtype; group_size -1 (per channel), 32, 64 or 128. The
     # stream-K reduction workspace comes from torch's caching allocator (CUDA-graph safe).
+    # `perm` must be a permutation of 0..K-1 (argsort(g_idx), as prepare_weight makes it): the GEMMs
+    # do not range-check it per call (that would sync with the host); an index outside [0, K) makes
+    # the CUDA gather fail with a device-side assert, which ends the CUDA context.
     "w4a16_gemm": (
         "(Tensor a, Tensor b_q, Tensor scales, Tensor? zeros, Tensor? perm, Tensor? bias, "
         "int size_n, int size_k, int group_size) -> Tensor"
@@ -77,7 +80,7 @@ SCHEMAS: dict[str, str] = {
     "w4a16_hopper_prepack": "(Tensor weight_packed, Tensor? perm=None) -> Tensor",
     # out[..., N] = a[..., perm] @ dequant(b) (+ bias), dequant = q * s (+ z' = (8 - z) * s, the
     # additive zero term; None: symmetric), scales / zeros [G, N] in a's dtype, fp32 accumulation.
-    # CUTLASS mixed-input wgmma kernel (TMA, warp-specialized); sm90 only.
+    # CUTLASS mixed-input wgmma kernel (TMA, warp-specialized); sm90 only. `perm`: as w4a16_gemm's.
     "w4a16_hopper_gemm": (
         "(Tensor a, Tensor b, Tensor scales, Tensor? zeros, Tensor? perm, Tensor? bias, "
         "int size_n, int size_k, int group_size) -> Tensor"
