@@ -251,6 +251,11 @@ def test_error_shapes_of_kernel_tensors(seed):
         gemm(x, w.qweight, w.scales, None, torch.arange(255, dtype=torch.int32), None, 64, 256, 128)
     with pytest.raises(QKernelsInputError, match=r"bias has shape \(65,\); expected \[N\]"):
         gemm(x, w.qweight, w.scales, None, None, torch.zeros(65, dtype=torch.bfloat16), 64, 256, 128)
+    strided = torch.arange(256, dtype=torch.int32).repeat_interleave(2)[::2]  # 0..K-1, a stride of 2
+    with pytest.raises(QKernelsInputError, match=r"perm .*must be contiguous"):  # the repack kernel reads it raw
+        torch.ops.qkernels.w4a16_repack(wp, strided)
+    with pytest.raises(QKernelsInputError, match=r"perm .*must be contiguous"):
+        gemm(x, w.qweight, w.scales, None, strided, None, 64, 256, 128)
     with pytest.raises(QKernelsInputError, match=r"bias .*contiguous"):  # as the CUDA glue requires
         gemm(x, w.qweight, w.scales, None, None, torch.zeros(128, dtype=torch.bfloat16)[::2], 64, 256, 128)
 

@@ -358,7 +358,7 @@ def gptq_marlin_repack(b_q_weight: torch.Tensor, perm: Optional[torch.Tensor], s
                                           f"[{size_k // 8}, {size_n}].")
     perm = _none_if_empty(perm)
     # GPTQ's [K/8, N] words are compressed-tensors' [N, K/8] words transposed (same nibble order).
-    return _op("w4a16_repack")(b_q_weight.t().contiguous(), None if perm is None else perm.to(torch.int32))
+    return _op("w4a16_repack")(b_q_weight.t().contiguous(), None if perm is None else perm.to(torch.int32).contiguous())
 
 
 def gptq_marlin_gemm(a: torch.Tensor, c: Optional[torch.Tensor], b_q_weight: torch.Tensor,
@@ -400,7 +400,7 @@ def gptq_marlin_gemm(a: torch.Tensor, c: Optional[torch.Tensor], b_q_weight: tor
                                         f"{size_k}].")
     out = _op("w4a16_gemm")(x.contiguous(), b_q_weight, b_scales.contiguous(),
                                   None if zeros is None else zeros.contiguous(),
-                                  None if perm is None else perm.to(torch.int32), _none_if_empty(b_bias),
+                                  None if perm is None else perm.to(torch.int32).contiguous(), _none_if_empty(b_bias),
                                   size_n, size_k, group_size)
     if c is not None:
         c.copy_(out)

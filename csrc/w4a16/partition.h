@@ -136,8 +136,8 @@ __host__ __device__ inline int max_pieces(int iters, int k_tiles) {
 //  * stream-K: iters = ceil(total / num_sms) (grid <= num_sms, one block per SM);
 //  * aligned split-K: iters = k_tiles / S for the divisors S of k_tiles with tiles * S <= num_sms
 //    (each tile split in exactly S pieces: fewer partials when partial tiles are expensive).
-// The cheapest by the estimate above wins (ties: the earlier candidate in this list order:
-// stream-K, then data-parallel, then split-K by increasing S).
+// The cheapest by the estimate above wins (ties: data-parallel over stream-K; a split-K S only
+// when strictly cheaper than both and every smaller S).
 // Inputs must satisfy the op's checks: m >= 1, n % 64 == 0, k % 128 == 0, num_sms >= 1, and
 // tiles <= INT32_MAX (checked by the glue).
 __host__ __device__ inline Partition make_partition(int m, int n, int k, int num_sms) {

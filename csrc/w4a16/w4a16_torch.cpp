@@ -43,8 +43,10 @@ void check_group_tensor(const char* name, const at::Tensor& t, const at::Tensor&
 }
 
 void check_perm(const char* op, const at::Tensor& perm, const at::Tensor& like, int64_t k) {
-  TORCH_CHECK(perm.scalar_type() == at::kInt && perm.dim() == 1 && perm.size(0) == k, "qkernels.", op,
-              ": perm must be int32 [K] = [", k, "]; got ", perm.scalar_type(), " ", perm.sizes(), ".");
+  // contiguous: the repack kernel reads perm through a raw pointer (a strided one gave wrong weights)
+  TORCH_CHECK(perm.scalar_type() == at::kInt && perm.dim() == 1 && perm.size(0) == k && perm.is_contiguous(),
+              "qkernels.", op, ": perm must be a contiguous int32 [K] = [", k, "]; got ", perm.scalar_type(), " ",
+              perm.sizes(), " (strides ", perm.strides(), ").");
   TORCH_CHECK(perm.device() == like.device(), "qkernels.", op, ": perm is on ", perm.device(), ", expected ",
               like.device(), ".");
 }

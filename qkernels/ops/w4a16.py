@@ -48,17 +48,19 @@ def _check_group_tensor(name: str, argname: str, t: torch.Tensor, shape, dtype: 
     C.check_contiguous(name, argname, t)
 
 
-def _check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
-    C.check_dtype(name, "perm", perm, (torch.int32,))
+def check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
+    """``perm``: a contiguous int32 [K] (the repack / prepack kernels read it through a raw pointer)."""
+    C.check_dtype(name, "perm", perm, (torch.int32,), hint="perm is argsort(g_idx) as int32 (see prepare_weight).")
     if tuple(perm.shape) != (size_k,):
         C.fail(name, f"perm has shape {tuple(perm.shape)}; expected [K] = [{size_k}].")
+    C.check_contiguous(name, "perm", perm)
 
 
 def check_gemm_params(name: str, a: torch.Tensor, scales, zeros, perm, bias, size_n: int, size_k: int,
-                      group_size: int, check_perm=_check_perm) -> None:
+                      group_size: int) -> None:
     """The checks both W4A16 GEMMs (this one and ``w4a16_hopper_gemm``) make of ``scales`` /
-    ``zeros`` ([G, N], activation dtype, contiguous), ``perm`` (``check_perm``: each op's own) and
-    ``bias`` (contiguous [N], activation dtype), as their CUDA glue does; the weight is each op's own."""
+    ``zeros`` ([G, N], activation dtype, contiguous), ``perm`` and ``bias`` (contiguous [N],
+    activation dtype), as their CUDA glue does; the weight is each op's own."""
     groups = (_num_groups(size_k, group_size), size_n)
     _check_group_tensor(name, "scales", scales, groups, a.dtype)
     if zeros is not None:
@@ -85,7 +87,7 @@ def _checks_repack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) ->
     C.check_multiple(name, "N (output features)", size_n, TILE_N, PAD_HINT)
     C.check_multiple(name, "K (input features)", size_k, TILE_K, PAD_HINT)
     if perm is not None:
-        _check_perm(name, perm, size_k)
+        check_perm(name, perm, size_k)
         C.check_same_device(name, weight_packed=weight_packed, perm=perm)
 
 

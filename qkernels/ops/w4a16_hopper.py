@@ -31,7 +31,7 @@ from .. import configs
 from ..reference import w4a16 as ct  # the checkpoint format (packing, zero points, act-order)
 from ..reference import w4a16_hopper as ref
 from . import _checks as C
-from .w4a16 import _check_group_tensor, check_checkpoint_weight, check_gemm_params
+from .w4a16 import _check_group_tensor, check_checkpoint_weight, check_gemm_params, check_perm
 from ._registry import op, register_composite, register_fake, register_reference
 
 ACT_DTYPES = (torch.float16, torch.bfloat16)
@@ -77,13 +77,6 @@ def _check_sizes(name: str, size_n: int, size_k: int, group_size: int) -> None:
         C.check_multiple(name, "K (input features)", size_k, group_size, "group_size must divide K.")
 
 
-def _check_perm(name: str, perm: torch.Tensor, size_k: int) -> None:
-    C.check_dtype(name, "perm", perm, (torch.int32,), hint="perm is argsort(g_idx) as int32 (see prepare_weight).")
-    if tuple(perm.shape) != (size_k,):
-        C.fail(name, f"perm has shape {tuple(perm.shape)}; expected [K] = [{size_k}].")
-    C.check_contiguous(name, "perm", perm)
-
-
 # ----------------------------------------------------------------- w4a16_hopper_prepack
 def _checks_prepack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) -> None:
     name = "w4a16_hopper_prepack"
@@ -96,7 +89,7 @@ def _checks_prepack(weight_packed: torch.Tensor, perm: Optional[torch.Tensor]) -
         C.fail(name, f"weight_packed {tuple(weight_packed.shape)} is empty: N and K must be positive.")
     _check_sizes(name, size_n, size_k, -1)
     if perm is not None:
-        _check_perm(name, perm, size_k)
+        check_perm(name, perm, size_k)
         C.check_same_device(name, weight_packed=weight_packed, perm=perm)
 
 
@@ -135,7 +128,7 @@ def _checks_gemm(a, b, scales, zeros, perm, bias, size_n, size_k, group_size) ->
         C.fail(name, f"b has shape {tuple(b.shape)}; expected [K/16, N/16, 32] = "
                      f"{list(_prepacked_shape(size_n, size_k))} (the output of w4a16_hopper_prepack).{hint}")
     C.check_contiguous(name, "b", b)
-    check_gemm_params(name, a, scales, zeros, perm, bias, size_n, size_k, group_size, _check_perm)
+    check_gemm_params(name, a, scales, zeros, perm, bias, size_n, size_k, group_size)
     C.check_same_device(name, a=a, b=b, scales=scales, zeros=zeros, perm=perm, bias=bias)
 
 
