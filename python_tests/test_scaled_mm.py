@@ -238,6 +238,9 @@ def test_errors_name_the_problem_and_the_fix(seed):
     _err(lambda: mm(operand(m, 0, INT8), operand(n, 0, INT8).t(), a_s, b_s, torch.bfloat16), "K = 0")
     _err(lambda: mm(a[:1].expand(m, k), w.t(), a_s, b_s, torch.bfloat16), "row stride >= K")
     _err(lambda: mm(a, w[:1].expand(n, k).t(), a_s, b_s, torch.bfloat16), "column stride >= K")
+    deep = 1 << 17  # INT8 sums of K * 128^2 no longer fit int32 (expanded views: no memory)
+    _err(lambda: mm(a[:, :1].expand(m, deep), w[:, :1].expand(n, deep).t(), a_s, b_s, torch.bfloat16),
+         "K = 131072 is too deep for INT8")
     out = torch.empty(m, n + 16, dtype=torch.bfloat16)
     _err(lambda: mm(a, w.t(), a_s, b_s, torch.bfloat16, out=out), r"out has shape \(4, 48\); expected \(4, 32\)")
     _err(lambda: mm(a, w.t(), a_s, b_s, torch.float16, out=out[:, :n]), "out has dtype")

@@ -151,6 +151,10 @@ Problem check_operands(const char* op, const at::Tensor& out, const at::Tensor& 
               " do not chain: b must be [K, N] = weight.t().");
   TORCH_CHECK(k > 0 && k % kAlignK == 0 && n % kAlignN == 0, "qkernels.", op, ": K = ", k, " and N = ", n,
               " must be multiples of ", kAlignK, " and ", kAlignN, " (K > 0): pad the weight with zeros.");
+  // int32 accumulation is exact while K * 128 * 128 < 2^31 (sm75/80 saturate past it, sm90 wraps)
+  constexpr int64_t kInt8MaxK = int64_t(1) << 17;
+  TORCH_CHECK(dt != at::kChar || k < kInt8MaxK, "qkernels.", op, ": K = ", k, " is too deep for INT8: the int32 "
+              "accumulator is exact only for K < ", kInt8MaxK, " (2^31 / 128^2); split K and add the outputs.");
   TORCH_CHECK(a.stride(1) == 1 && (m <= 1 || (a.stride(0) % kAlignK == 0 && a.stride(0) >= k)), "qkernels.", op,
               ": a (strides ", a.strides(), ") must be row-major with a row stride >= K that is a multiple of ",
               kAlignK, ": call .contiguous().");

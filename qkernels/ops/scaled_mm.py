@@ -43,6 +43,7 @@ FP8_DTYPE = ref.FP8_DTYPE
 INPUT_DTYPES = ref.INPUT_DTYPES
 OUT_DTYPES = ref.OUT_DTYPES
 K_MULTIPLE = 16
+INT8_MAX_K = 1 << 17  # INT8: the int32 sums are exact for K * 128^2 < 2^31 (the reference's domain)
 N_MULTIPLE = 16
 _PAD_HINT = "Pad the weight (and the activations' K) with zeros to a multiple of 16."
 
@@ -59,6 +60,9 @@ def _check_operands(name: str, a, b, a_scales, b_scales, out_dtype, bias):
         C.fail(name, "K = 0: the GEMM needs at least one input feature.")
     C.check_multiple(name, "K", k, K_MULTIPLE, _PAD_HINT)
     C.check_multiple(name, "N", n, N_MULTIPLE, _PAD_HINT)
+    if a.dtype == torch.int8 and k >= INT8_MAX_K:
+        C.fail(name, f"K = {k} is too deep for INT8: the int32 accumulator is exact only for K < {INT8_MAX_K} "
+                     "(2^31 / 128^2); split K and add the outputs.")
     if a.stride(1) != 1 or (m > 1 and (a.stride(0) % 16 != 0 or a.stride(0) < k)):
         C.fail(name, f"a (shape {tuple(a.shape)}, strides {a.stride()}) must be row-major with a row stride >= K "
                      "that is a multiple of 16 elements: call a.contiguous().")
