@@ -166,6 +166,42 @@ def test_column_major_scale_layout(shape, seed):
         assert s_c.untyped_storage().nbytes() == 4 * ld * (shape[-1] // 128)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+def _groups_with(values, g=64, dtype=torch.bfloat16):
+    """[3, 2g]: Gaussian rows; row 1's first group gets ``values`` at its first positions."""
+    x = torch.randn(3, 2 * g, generator=torch.Generator().manual_seed(1)) * 3
+    x[1, :len(values)] = torch.tensor(values)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("ue8m0", (False, True))
+def test_quant_nan_only_touches_its_element(ue8m0):
+    """The NaN policy of qkernels.reference.quant, per group: the scale ignores a NaN, so every other
+    output equals that of the same input with the NaN set to 0; the NaN element itself is FP8 NaN."""
+    x = _groups_with([NAN])
+    q, s = ref.per_token_group_quant(x, 64, scale_ue8m0=ue8m0)
+    x0 = x.clone()
+    x0[1, 0] = 0
+    q0, s0 = ref.per_token_group_quant(x0, 64, scale_ue8m0=ue8m0)
+    assert torch.equal(s, s0) and torch.isfinite(s).all()
+    assert torch.isnan(q.float()[1, 0])
+    keep = torch.ones_like(x, dtype=torch.bool)
+    keep[1, 0] = False
+    assert torch.equal(q.view(torch.uint8)[keep], q0.view(torch.uint8)[keep])
+
+
+def test_quant_inf_makes_only_its_group_scale_inf():
+    x = _groups_with([INF, 1.0, -INF])
+    q, s = ref.per_token_group_quant(x, 64)
+    assert torch.isinf(s[1, 0]) and torch.isfinite(s[1, 1]) and torch.isfinite(s[[0, 2]]).all()
+    qf = q.float()
+    assert torch.isnan(qf[1, [0, 2]]).all() and (qf[1, 1:2] == 0).all() and (qf[1, 3:64] == 0).all()
+    qs, _ = ref.per_token_group_quant(x, 64, scale=torch.tensor([1.0]))
+    assert qs.float()[1, :3].tolist() == [448.0, 1.0, -448.0]  # static: an inf saturates
+
+
 def test_dequant_roundtrip_error(seed):
     x = torch.randn(33, 1024) * torch.logspace(-2, 2, 1024)
     for g in (64, 128):
@@ -535,6 +571,21 @@ def test_gpu_quant_bitwise(dtype, g, seed):
             assert s.stride() == s2.stride(), what
             assert torch.equal(s.cpu(), s2), what
             assert torch.equal(q.cpu().view(torch.uint8), q2.view(torch.uint8)), what
+
+
+@gpu
+@pytest.mark.parametrize("values", [[NAN], [INF], [-INF], [INF, NAN, -INF]])
+def test_gpu_quant_nonfinite_matches_reference(values):
+    """The kernel follows the reference's NaN / inf policy (NaN compared as NaN: its sign bit is not
+    specified); row-major and column-major scales, dynamic and static."""
+    _need_library()
+    x = _groups_with(values, g=128)
+    for cm, scale in itertools.product((False, True), (None, torch.tensor([0.05]))):
+        q, s = F.per_token_group_quant(x.cuda(), 128, column_major_scales=cm,
+                                       scale=None if scale is None else scale.cuda())
+        q2, s2 = ref.per_token_group_quant(x, 128, column_major_scales=cm, scale=scale)
+        torch.testing.assert_close(s.cpu(), s2, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(q.cpu().float(), q2.float(), rtol=0, atol=0, equal_nan=True)
 
 
 @gpu

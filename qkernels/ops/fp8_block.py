@@ -8,7 +8,7 @@ groups of 128 along K. The math, the order of operations and the scale layouts a
 
 Ops (``torch.ops.qkernels.*``)
     ``per_token_group_fp8_quant(input, group_size, column_major_scales, scale_ue8m0, scale)``
-        -> (q, s). CUDA kernel on sm75+ (plain CUDA, one half-warp per group).
+        -> (q, s). CUDA kernel on sm75+ (plain CUDA, G*sizeof(x)/16 lanes per group of G).
     ``fp8_block_scaled_mm(a, b, a_scales, b_scales, out_dtype, bias)`` -> out. Its CUDA
         implementation is the C++ glue (``csrc/fp8_block/fp8_block_torch.cpp``), which dispatches
         on the GPU's arch: sm90 runs the CUTLASS 3.x blockwise-scaled kernels (sm_90a), sm89 calls

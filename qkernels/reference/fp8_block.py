@@ -19,7 +19,11 @@ Per-token-group quantisation (``per_token_group_quant``)
     non-zero mantissa gets exponent + 1 and mantissa 0). DeepGEMM's and DeepSeek-V3.1's "UE8M0"
     scales are such powers of two, kept here as float32 values.
     The 1/(448*512) floor (the one of ``qkernels.reference.quant``) keeps an all-zero group's scale
-    positive. Domain: finite inputs and finite positive static scales (see ``reference.quant``).
+    positive. Domain: finite positive static scales. Non-finite inputs follow the NaN / inf policy
+    of ``qkernels.reference.quant``, per group: a NaN is ignored by the absmax (the kernel's
+    ``fmaxf``) and quantizes to FP8 NaN itself (its sign bit is not specified); an inf makes its
+    group's dynamic scale inf, the group's finite elements 0 and the inf element NaN; static
+    scales saturate an inf to +-448.
 
 Scale layouts (float32, logical shape ``[*x.shape[:-1], K/G]``; ``M`` = number of rows)
     row-major (default):     element (r, g) at offset ``r * (K/G) + g`` (a contiguous tensor);
@@ -60,7 +64,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .quant import FP8_DTYPE, FP8_MAX, FP8_MIN_SCALE
+from .quant import FP8_DTYPE, FP8_MAX, FP8_MIN_SCALE, _no_nan
 
 BLOCK = 128                 # weight block (N and K) and the GEMM's activation group size
 GROUP_SIZES = (64, 128)     # per-token-group quantisation group sizes
@@ -142,7 +146,7 @@ def ue8m0(s: torch.Tensor) -> torch.Tensor:
 def group_scales(x: torch.Tensor, group_size: int, scale_ue8m0: bool = False) -> torch.Tensor:
     """The dynamic scales ``[*x.shape[:-1], K/G]`` (float32, contiguous)."""
     xf = x.float().reshape(*x.shape[:-1], x.shape[-1] // group_size, group_size)
-    absmax = xf.abs().amax(dim=-1)
+    absmax = _no_nan(xf).abs().amax(dim=-1)  # NaN ignored, as the kernel's fmaxf reduction does
     # A tensor divisor, not a Python scalar: on CUDA torch turns `x / 448.0` into `x * (1/448)`,
     # which rounds differently; this way the spec is exact on any device.
     s = torch.clamp(absmax / torch.full_like(absmax, FP8_MAX), min=FP8_MIN_SCALE)
