@@ -281,8 +281,10 @@ def test_scaled_mm_errors():
         mm(a, values, meta[:1], a_s, b_s, dt, bias)
     with pytest.raises(QKernelsInputError, match=r"K \(a.shape\[1\]\) = 192 must be a multiple of 128"):
         mm(fp8_acts(5, 192), values[:, :96].contiguous(), meta, a_s, b_s, dt, bias)
-    with pytest.raises(QKernelsInputError, match="row stride 264 must be a multiple of 16"):
+    with pytest.raises(QKernelsInputError, match="row stride 264 must be >= K and a multiple of 16"):
         mm(fp8_acts(5, 264)[:, :256], values, meta, a_s, b_s, dt, bias)
+    with pytest.raises(QKernelsInputError, match="row stride 128 must be >= K"):  # overlapping rows
+        mm(fp8_acts(6, 128).view(-1)[:5 * 128 + 256].as_strided((5, 256), (128, 1)), values, meta, a_s, b_s, dt, bias)
 
 
 # ----------------------------------------------------------------- GPU (H100 / H200)

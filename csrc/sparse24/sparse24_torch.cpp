@@ -103,8 +103,9 @@ at::Tensor sparse24_scaled_mm(const at::Tensor& a, const at::Tensor& values, con
   const int64_t m = a.size(0), n = values.size(0), k = values.size(1) * 2;
   check_weight_shape(op, n, k);
   TORCH_CHECK(a.size(1) == k, "qkernels.", op, ": a ", a.sizes(), " has K = ", a.size(1), "; the weight has K = ", k, ".");
-  TORCH_CHECK(a.stride(1) == 1 && (m <= 1 || a.stride(0) % 16 == 0), "qkernels.", op, ": a (strides ", a.strides(),
-              ") must be row-major with a row stride that is a multiple of 16: call .contiguous() first.");
+  TORCH_CHECK(a.stride(1) == 1 && (m <= 1 || (a.stride(0) % 16 == 0 && a.stride(0) >= k)), "qkernels.", op,
+              ": a (strides ", a.strides(), ") must be row-major with a row stride >= K that is a multiple of 16: "
+              "call .contiguous() first.");
   TORCH_CHECK(meta.sizes() == at::IntArrayRef({k / kMetaK, ceil_div<int64_t>(n, kMetaRows), kMetaRows, kMetaK / 8}),
               "qkernels.", op, ": meta has shape ", meta.sizes(), "; pass what sparse24_compress returned.");
   TORCH_CHECK(a_scales.numel() == 1 || a_scales.numel() == m, "qkernels.", op, ": a_scales has ", a_scales.numel(),
@@ -116,6 +117,7 @@ at::Tensor sparse24_scaled_mm(const at::Tensor& a, const at::Tensor& values, con
                 ": bias must be a contiguous [", n, "] tensor of the output dtype; got ", bias->scalar_type(), " ",
                 bias->sizes(), ".");
     check_same_device(op, a, *bias, "bias");
+    check_aligned16(op, "bias", *bias);
   }
   check_same_device(op, a, values, "values");
   check_same_device(op, a, meta, "meta");

@@ -153,8 +153,9 @@ def _checks_mm(a, values, meta, a_scales, b_scales, out_dtype, bias):
     if tuple(meta.shape) != ref.meta_shape(n, k):
         C.fail(name, f"meta has shape {tuple(meta.shape)}; a [{n}, {k}] weight needs {ref.meta_shape(n, k)}: "
                      "pass what sparse24_compress returned.")
-    if a.size(0) > 1 and a.stride(0) % 16 != 0:
-        C.fail(name, f"a's row stride {a.stride(0)} must be a multiple of 16 elements (TMA): call .contiguous().")
+    if a.size(0) > 1 and (a.stride(0) % 16 != 0 or a.stride(0) < k):
+        C.fail(name, f"a's row stride {a.stride(0)} must be >= K and a multiple of 16 elements (TMA): "
+                     "call .contiguous().")
     C.check_scale(name, "a_scales", a_scales, (1, a.size(0)), f"1 (per tensor) or M = {a.size(0)} (per token)")
     C.check_scale(name, "b_scales", b_scales, (1, n), f"1 (per tensor) or N = {n} (per channel)")
     C.check_contiguous(name, "a_scales", a_scales)
