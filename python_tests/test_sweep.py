@@ -112,6 +112,27 @@ def test_cli_writes_a_line_per_case_event(tmp_path):
     assert SW.main(["--device", "cpu", "--family", "nope"]) == SW.EXIT_USAGE
 
 
+def test_cli_deadline_is_the_callers_clock(tmp_path):
+    """--deadline (time.time() seconds) counts this process's start: a deadline already past runs no case."""
+    import time
+
+    p = tmp_path / "s.jsonl"
+    assert SW.main(["--device", "cpu", "--family", "quant", "--cases", "5", "--small", "--jsonl", str(p),
+                    "--deadline", f"{time.time() - 1:.1f}"]) == SW.EXIT_OK
+    ev = [json.loads(line) for line in p.read_text().splitlines()]
+    assert [e["event"] for e in ev] == ["summary"] and ev[0]["counts"] == {}
+    assert "time limit" in ev[0]["stopped"] and "next index 0" in ev[0]["stopped"]
+    q = tmp_path / "t.jsonl"  # a deadline ahead, --time-limit still works beside it
+    assert SW.main(["--device", "cpu", "--family", "quant", "--cases", "3", "--small", "--jsonl", str(q),
+                    "--deadline", f"{time.time() + 600:.1f}", "--time-limit", "600"]) == SW.EXIT_OK
+    last = json.loads(q.read_text().splitlines()[-1])
+    assert last["counts"] == {"passed": 3} and not last["stopped"]
+    r = tmp_path / "u.jsonl"  # the earlier of the two limits wins
+    assert SW.main(["--device", "cpu", "--family", "quant", "--cases", "3", "--small", "--jsonl", str(r),
+                    "--deadline", f"{time.time() + 600:.1f}", "--time-limit", "0"]) == SW.EXIT_OK
+    assert "time limit" in json.loads(r.read_text().splitlines()[-1])["stopped"]
+
+
 def test_fp8_block_cases_cover_the_layouts_and_edges():
     """The first 200 cases (the GPU window's count) reach every scale layout, UE8M0, both group
     sizes, static scales, M = 1, odd M, every bucket of the sm90 default table, a partial last N

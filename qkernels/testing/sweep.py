@@ -359,7 +359,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--start", type=int, default=0, help="first case index (resume after a crash)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--small", action="store_true", help="small shapes only (for compute-sanitizer runs)")
-    p.add_argument("--time-limit", type=float, default=None, help="stop starting new cases after this many seconds")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop starting new cases this many seconds after the sweep's start (after its imports)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="stop starting new cases at this time (seconds since the epoch, as time.time()): a caller's "
+                        "clock, so this process's imports and CUDA start count against it")
     p.add_argument("--jsonl", default=None, help="append one JSON line per case event to this file")
     p.add_argument("--list", action="store_true", help="list the families and whether they have a generator")
     a = p.parse_args(argv)
@@ -388,6 +392,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"seed {a.seed}, cases {a.start}..{a.cases - 1}{', small shapes' if a.small else ''}", flush=True)
     rc = EXIT_OK
     deadline = None if a.time_limit is None else time.monotonic() + a.time_limit
+    if a.deadline is not None:  # the caller's wall clock, on this process's monotonic one
+        at = time.monotonic() + (a.deadline - time.time())
+        deadline = at if deadline is None else min(deadline, at)
     for f in chosen:
         if not fams[f]:
             log({"event": "missing_generator", "family": f})
