@@ -290,6 +290,30 @@ def test_ctrl_c_keeps_rows(tmp_path):
     assert len(list(csv.DictReader((tmp_path / "toy.csv").open()))) == 4
 
 
+def test_time_limit_stops_before_the_next_shape_and_keeps_the_rows(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from qkernels.bench import suite
+
+    clock = iter([0.0, 1.0, 2.0])  # the suite's clock: one reading before each (shape, variant)
+    monkeypatch.setattr(suite, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    w = R.ResultsWriter(tmp_path, "toy", dict(PROV))
+    shapes = [LinearShape(16, 32, "m", "a"), LinearShape(16, 64, "m", "b")]
+    with w:
+        stopped = run_suite(cpu_ctx(), [ToyEntry()], shapes, [1, 2], w, log=open("/dev/null", "w"), deadline=0.5)
+    assert stopped is True
+    doc = R.load(tmp_path / "toy.json")  # written, valid, with the first shape's rows only
+    assert {(r["K"], r["M"]) for r in doc["rows"]} == {(32, 1), (32, 2)}
+    assert doc["provenance"]["stopped"] == f"time limit reached before toy {shapes[1].label} v"
+    assert (tmp_path / "toy.csv").exists() and (tmp_path / "toy.md").exists()
+    w2 = R.ResultsWriter(tmp_path, "toy2", dict(PROV))
+    with w2:
+        assert run_suite(cpu_ctx(), [ToyEntry()], shapes[:1], [1], w2, log=open("/dev/null", "w")) is False
+    assert "stopped" not in R.load(tmp_path / "toy2.json")["provenance"]
+    assert bench_cli.bench_parser().parse_args(["--quick", "--time-limit", "25"]).time_limit == 25.0
+    assert bench_cli.bench_parser().parse_args([]).time_limit is None
+
+
 def test_quant_entry_on_cpu_reference(tmp_path):
     """The real quant entry, run on the CPU reference ops with the fake timer."""
     from qkernels.bench.entries import quant

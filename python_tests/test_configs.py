@@ -947,6 +947,21 @@ def test_tuner_writes_the_measured_crossover_as_a_threshold(tmp_path, monkeypatc
     assert all(r["time_us"] is None for r in tuner2.crossover_rows if r["path"] == "hopper")
 
 
+def test_the_threshold_is_measured_early_in_a_short_time_limit():
+    """The Hopper key's pass 1, then the threshold (it uses that table), then the other keys' pass 1,
+    then pass 2: `qkernels tune --quick --time-limit 45` reaches it, not only after every key's pass 1."""
+    keys = ["scaled_mm/sm90/fp8", "scaled_mm/sm90/int8", "sparse24/sm90/fp8", "w4a16_hopper/sm90/bf16",
+            "w4a16_hopper/sm90/fp16", "fp8_block/sm90/fp8", "scaled_mm/sm90/int8_azp"]
+    assert tune.CROSSOVER.key == "w4a16_hopper/sm90/bf16"
+    order = tune.work_order(keys, [HOPPER_MIN_M], (1, 2))
+    assert order[:3] == [("key", "w4a16_hopper/sm90/bf16", 1), ("threshold", HOPPER_MIN_M, 1),
+                         ("key", "scaled_mm/sm90/fp8", 1)]
+    assert [k for w, k, st in order if st == 1 and w == "key"][1:] == [k for k in keys if k != tune.CROSSOVER.key]
+    assert [k for w, k, st in order if st == 2] == keys and len(order) == 2 * len(keys) + 1
+    assert tune.work_order(keys, [], (1,)) == [("key", k, 1) for k in keys]  # no threshold here: the keys' order
+    assert tune.work_order([], [HOPPER_MIN_M], (1, 2)) == [("threshold", HOPPER_MIN_M, 1)]  # --key the threshold
+
+
 def test_the_crossover_driver_says_where_it_cannot_run():
     why = tune.CROSSOVER.unavailable(80)
     assert why is not None and "sm90" in why

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import List, Sequence
 
@@ -93,6 +94,9 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=None,
                    help="where files go (default: bench/results/<gpu-slug>/ of the source tree)")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="do not write PNG plots")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no new family, shape or variant this many seconds after the start; what was "
+                        "measured is written as usual (the provenance's 'stopped' says where it stopped)")
     p.add_argument("--batch", type=_int_list, default=None,
                    help=f"batch sizes of the model-level estimate (default {','.join(map(str, ESTIMATE_BATCHES))})")
     p.add_argument("--seq-len", type=int, default=2048, help="prompt length of the prefill estimate (default 2048)")
@@ -195,6 +199,7 @@ def _run(bench, args, models: List[ModelSpec], command: str) -> int:
     from .suite import BenchContext, run_suite
     from .timing import Timer, TimingConfig
 
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     entries = _entries(bench, args)
     if not entries:
         print("qkernels bench: no family can run on this machine (`qkernels info` shows what was built).",
@@ -215,11 +220,17 @@ def _run(bench, args, models: List[ModelSpec], command: str) -> int:
     all_rows: List[dict] = []
     written: List[Path] = []
     writer = None
+    not_run: List[str] = []
     try:
         for entry in entries:
+            if deadline is not None and time.monotonic() > deadline:
+                not_run.append(entry.NAME)
+                continue
             writer = ResultsWriter(out_dir, _stem(entry.NAME, prov, args.quick), dict(prov, skipped=[]))
             with writer:
-                run_suite(ctx, [entry], shapes, ms, writer)
+                if run_suite(ctx, [entry], shapes, ms, writer, deadline=deadline):
+                    print(f"qkernels bench: time limit ({args.time_limit:g} s) reached in {entry.NAME}: "
+                          f"{writer.provenance['stopped']}", file=sys.stderr)
             all_rows += writer.rows
             written.append(writer.json_path)
             if args.plots:
@@ -230,6 +241,9 @@ def _run(bench, args, models: List[ModelSpec], command: str) -> int:
         kept = f"{writer.json_path} (and .csv/.md)" if writer else "nothing yet"
         print(f"\ninterrupted: the rows measured so far are in {kept}", file=sys.stderr)
         return 130
+    if not_run:
+        print(f"qkernels bench: time limit ({args.time_limit:g} s) reached: families not run: {', '.join(not_run)}",
+              file=sys.stderr)
     for model in models:
         md = "\n".join(me.markdown(model, me.estimate(model, all_rows, b, args.seq_len), b, args.seq_len)
                        for b in (args.batch or ESTIMATE_BATCHES))

@@ -19,6 +19,7 @@ in the provenance's ``skipped`` list (family, variant, reason) and the sweep goe
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -103,8 +104,10 @@ def add_baselines(ctx: BenchContext, rows: List[Dict[str, Any]], shape: LinearSh
 
 
 def run_suite(ctx: BenchContext, entries: Sequence[Any], shapes: Sequence[LinearShape], ms: Sequence[int],
-              writer: ResultsWriter, log=sys.stderr) -> None:
-    """Sweep every entry over its shapes x variants x M, writing rows as they come."""
+              writer: ResultsWriter, log=sys.stderr, deadline: Optional[float] = None) -> bool:
+    """Sweep every entry over its shapes x variants x M, writing rows as they come. With a
+    ``deadline`` (``time.monotonic()``), no shape or variant is started after it: the provenance's
+    ``stopped`` says before which; returns True if it stopped there."""
     skipped: List[Dict[str, str]] = writer.provenance.setdefault("skipped", [])
     cache: Dict[Tuple[int, int, int], Timing] = {}
     emitted: set = set()
@@ -114,6 +117,9 @@ def run_suite(ctx: BenchContext, entries: Sequence[Any], shapes: Sequence[Linear
         with Progress(len(e_shapes) * len(variants) * len(e_ms), entry.NAME, stream=log) as bar:
             for shape in e_shapes:
                 for variant in variants:
+                    if deadline is not None and time.monotonic() > deadline:
+                        writer.provenance["stopped"] = f"time limit reached before {entry.NAME} {shape.label} {variant}"
+                        return True
                     try:
                         state = entry.prepare(ctx, shape, variant)
                     except (RuntimeError, ValueError, NotImplementedError, AttributeError, TypeError) as e:
@@ -133,6 +139,7 @@ def run_suite(ctx: BenchContext, entries: Sequence[Any], shapes: Sequence[Linear
                         bar.update(f"{shape.label} {variant} M={M}")
                     del state
                     torch.cuda.empty_cache()
+    return False
 
 
 def _skip(skipped: List[Dict[str, str]], family: str, variant: str, shape: LinearShape, M: Optional[int],

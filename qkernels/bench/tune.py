@@ -18,9 +18,11 @@ own: ``fp8_block/sm90/fp8`` adds DeepSeek-V3's and drops the shapes its op does 
    time over the shapes, keeps the compiled-in default unless the winner is at least
    ``min_gain`` faster, merges equal neighbours, and the config is written with its provenance.
 
-Thresholds (the config's ``"thresholds"``: Python-side path choices): after pass 1, on sm90 with
-both W4A16 paths built, the Marlin-style and the Hopper W4A16 GEMMs are checked and timed on the
-same checkpoints (the presets' shapes, a few M values; the Hopper key with its pass-1 table) and
+Thresholds (the config's ``"thresholds"``: Python-side path choices): on sm90 with both W4A16
+paths built, right after pass 1 of the Hopper bf16 key (which runs first: :func:`work_order`, so
+that a short ``--time-limit`` still measures it), the Marlin-style and the Hopper W4A16 GEMMs are
+checked and timed on the same checkpoints (the presets' shapes, a few M values; the Hopper key with
+its pass-1 table) and
 :func:`select_threshold` (pure) writes ``w4a16/sm90/hopper_min_m``: the smallest measured M from
 which the Hopper path wins on the total over the shapes at every larger measured M;
 ``configs.NEVER`` (Hopper path off) when both paths were correct and Hopper does not win at the
@@ -512,6 +514,17 @@ CROSSOVER = W4A16CrossoverDriver()
 THRESHOLD_DRIVERS = {CROSSOVER.threshold: CROSSOVER}
 
 
+def work_order(keys: Sequence[str], thresholds: Sequence[str], stages: Sequence[int]) -> List[Tuple[str, str, int]]:
+    """What a run measures, in order (a time limit cuts the end): ``("key", key, stage)`` and
+    ``("threshold", name, 1)``. Pass 1 starts with the keys the thresholds' drivers set (their
+    pass-1 tables are used), then the thresholds, then the other keys, then pass 2 of every key:
+    so that even a short ``--time-limit`` measures the thresholds."""
+    lead = [k for k in keys if any(getattr(THRESHOLD_DRIVERS[n], "key", None) == k for n in thresholds)]
+    order = [("key", k, 1) for k in lead] + [("threshold", n, 1) for n in thresholds]
+    order += [("key", k, 1) for k in keys if k not in lead]
+    return order + [("key", k, st) for st in stages if st != 1 for k in keys]
+
+
 def driver_shapes(driver, shapes: Sequence, quick: bool) -> list:
     """The shapes a driver's keys are tuned on: its ``shapes(shapes, quick)`` if it has one, else
     the run's (the model presets' Linear shapes)."""
@@ -834,21 +847,19 @@ def run(args: argparse.Namespace, command: str) -> int:
               f"{', '.join(tuner.models)}; {'quick' if args.quick else 'full'}; output {tuner.config_path}")
     status = 0
     try:
-        for stage in (1, 2) if not args.no_variants else (1,):
-            for key in keys:  # in priority order; the config is rewritten after each key
-                if time.monotonic() > tuner.deadline:
-                    tuner.notes.append(f"pass {stage}: {key} not reached before the time limit")
-                    continue
-                drv = DRIVERS[key.split("/", 1)[0]]
-                tuner.run_key(key, lib["keys"][key], drv, driver_shapes(drv, shapes, args.quick), stage)
-                tuner.write(lib, keys, command, final=False)
-            for name in thresholds if stage == 1 else ():  # after pass 1: the Hopper key at its pass-1 table
-                if time.monotonic() > tuner.deadline:
-                    tuner.notes.append(f"{name}: not reached before the time limit")
-                    continue
+        # in priority order; the config is rewritten after each item
+        for what, name, stage in work_order(keys, thresholds, (1,) if args.no_variants else (1, 2)):
+            if time.monotonic() > tuner.deadline:
+                tuner.notes.append(f"pass {stage}: {name} not reached before the time limit" if what == "key" else
+                                   f"{name}: not reached before the time limit")
+                continue
+            if what == "threshold":  # the Hopper key at its pass-1 table (measured just before)
                 doc, _ = tuner.write(lib, keys, command, final=False)
                 tuner.run_crossover(THRESHOLD_DRIVERS[name], shapes, lib, doc["tables"])
-                tuner.write(lib, keys, command, final=False)
+            else:
+                drv = DRIVERS[name.split("/", 1)[0]]
+                tuner.run_key(name, lib["keys"][name], drv, driver_shapes(drv, shapes, args.quick), stage)
+            tuner.write(lib, keys, command, final=False)
     except CudaFault as e:
         last = tuner.rows[-1] if tuner.rows else None
         tuner.say(f"CUDA context lost ({e}); last measured: {last and cand_str(cand_of(last['kernel'], last['params']))}"
