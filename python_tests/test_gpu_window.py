@@ -104,7 +104,7 @@ def test_summary_says_what_failed_and_where():
                              plan=("setup", "load", "tests", "sweep", "memcheck", "tune"))
     assert js["verdict"] == "FAIL"
     steps = {s["step"]: s["status"] for s in js["steps"]}
-    # the worst job decides: a crash outranks a timeout, which outranks a failure
+    # the worst job decides: a crash outranks a failure, which outranks a timeout
     assert steps == {"setup": "passed", "load": "passed", "tests": "crashed", "sweep": "passed",
                      "memcheck": "skipped", "tune": "not run"}
     assert md.startswith("# GPU window: FAIL")
@@ -116,6 +116,10 @@ def test_summary_says_what_failed_and_where():
     assert tests["detail"] == ("jobs: 1 crashed, 1 failed, 1 not run, 1 passed, 1 timeout; "
                                "tests: 1 crashed, 1 failed, 390 passed, 1 timeout")
     assert len(js["problems"]) == 3
+    assert js["unfinished"] == ["tests / python_tests/test_sparse24.py: timeout",
+                                "tests / python_tests/test_loader.py: not run: the step's time cap ran out before it started",
+                                "tune: not reached"]
+    assert "## Did not finish (3)" in md
 
 
 def test_summary_verdicts():
@@ -127,6 +131,50 @@ def test_summary_verdicts():
     md, js = W.build_summary(ok[:3], {}, running="sweep")
     assert js["verdict"] == "INCOMPLETE" and "still in step 'sweep'" in md
     assert {s["step"]: s["status"] for s in js["steps"]}["sweep"] == "running"
+
+
+def test_running_out_of_time_is_incomplete_not_fail():
+    R = W.Record
+    ok = [R(s, s, "passed") for s in W.STEP_ORDER]
+    # a sweep stopped at its time limit, a test file still running at the step cap: nothing failed
+    slow = [R("sweep", "quant", "timeout", counts={"passed": 150}, detail="150 of 200 cases: 150 passed"),
+            R("tests", "python_tests/test_x.py", "timeout", counts={"passed": 40, "timeout": 1},
+              detail="40 passed, 1 timeout"),
+            R("memcheck", "fp8_block", "not run", detail="no time left in the step")]
+    md, js = W.build_summary(ok + slow, {})
+    assert js["verdict"] == "INCOMPLETE"
+    assert md.startswith("# GPU window: INCOMPLETE (no failure; time ran out: see 'Did not finish')")
+    steps = {s["step"]: s["status"] for s in js["steps"]}
+    assert steps["sweep"] == steps["tests"] == steps["memcheck"] == "timeout"  # still TIMEOUT, as a step
+    assert js["unfinished"] == ["sweep / quant: timeout: 150 of 200 cases: 150 passed",
+                                "tests / python_tests/test_x.py: timeout: 40 passed, 1 timeout",
+                                "memcheck / fp8_block: not run: no time left in the step"]
+    assert "## Did not finish (3)\n- sweep / quant: timeout: 150 of 200 cases" in md
+    # any failed, crashed or error result makes it FAIL, also inside a job that timed out
+    for bad in (R("tests", "t", "timeout", counts={"passed": 3, "failed": 1}), R("sweep", "s", "crashed"),
+                R("memcheck", "m", "failed"), R("setup", "library", "error"),
+                R("sweep", "s", "timeout", counts={"passed": 9, "error": 1})):
+        assert W.build_summary(ok + slow + [bad], {})[1]["verdict"] == "FAIL", bad
+    assert W.build_summary(ok + [R("tests", "t", "failed")], {}, running="sweep")[1]["verdict"] == "FAIL"
+    # a test file with a failure and a timeout is FAILED: the failure is the finding
+    step = W.step_status([R("tests", "a", "timeout"), R("tests", "b", "failed")])
+    assert step == "failed"
+
+
+def test_the_last_lines_of_output_repeat_the_verdict_and_step_table():
+    R = W.Record
+    recs = [R(s, s, "passed") for s in W.STEP_ORDER[:2]] + [
+        R("tests", f"python_tests/test_{i}.py", "failed", counts={"failed": 3},
+          problems=[f"FAILED python_tests/test_{i}.py::test_gpu_{j}[case]: " + "x" * 400 for j in range(3)])
+        for i in range(20)]
+    md, js = W.build_summary(recs, {})
+    assert len(md) > 30_000  # the verdict at its top is far outside the device tool's 12,000-character tail
+    tail = W.compact_tail(js)
+    assert len(tail) < 6000
+    assert "# GPU window: FAIL" in tail and "| step | status | time | cap | what | result |" in tail
+    assert "| tests | FAILED |" in tail and "| tune | not run |" in tail
+    assert "Problems (60, the first 10):" in tail
+    assert all(len(ln) <= 162 for ln in tail.splitlines() if ln.startswith("- "))
 
 
 # ----------------------------------------------------------------- running jobs
@@ -151,6 +199,40 @@ def test_jobs_pass_fail_crash_and_time_out(tmp_path):
     assert recs["hang"].status == "timeout"
     assert "time cap of 2 s reached" in (tmp_path / "x/hang.log").read_text()
     assert len(W.read_jsonl(tmp_path / "records.jsonl")) == 4
+
+
+def test_jobs_run_in_their_own_process_group_inside_the_window_session(tmp_path):
+    """process_group=0, not a new session: killpg reaches the job's children, and the device tool's
+    cleanup at the end of its command (which spares only new sessions) ends them too."""
+    code = "import os; print('ids', os.getpgid(0) == os.getpid(), os.getsid(0))"
+    rec = W.run_plain_job(_runner(tmp_path), W.Job("x", "ids", [PY, "-c", code], 20, "x/ids.log"),
+                          time.monotonic() + 20, dict(os.environ))
+    assert rec.status == "passed"
+    line = next(ln for ln in (tmp_path / "x/ids.log").read_text().splitlines() if ln.startswith("ids "))
+    assert line == f"ids True {os.getsid(0)}"
+
+
+def test_a_process_that_survives_sigkill_is_recorded_not_waited_for(tmp_path, monkeypatch):
+    import signal
+
+    sent = []
+    monkeypatch.setattr(W, "_kill_group", lambda proc, sig: sent.append(sig))  # the kills do not land
+    monkeypatch.setattr(W, "KILL_GRACE", 0.5)
+    monkeypatch.setattr(W, "KILL_WAIT", 0.5)
+    r = _runner(tmp_path)
+    job = W.Job("x", "stuck", [PY, "-c", "import time; time.sleep(60)"], 1.0, "x/stuck.log")
+    t0 = time.monotonic()
+    try:
+        rc, _, timed_out = r.exec(job, 1.0, tmp_path / "x/stuck.log")
+        assert time.monotonic() - t0 < 10 and timed_out and rc == -signal.SIGKILL
+        assert sent[:2] == [signal.SIGINT, signal.SIGKILL]
+        assert [(x["step"], x["job"]) for x in r.stuck] == [("x", "stuck")]
+        assert "still there 0 s after SIGKILL: left behind" in (tmp_path / "x/stuck.log").read_text()
+        md, _ = W.build_summary([], {"stuck_processes": r.stuck})
+        assert f"processes left behind (still there after SIGKILL): x stuck (pid {r.stuck[0]['pid']})" in md
+    finally:
+        for x in r.stuck:  # the process this test started
+            os.killpg(x["pid"], signal.SIGKILL)
 
 
 def test_step_cap_leaves_later_jobs_not_run(tmp_path):
@@ -222,7 +304,7 @@ def test_pytest_job_names_the_test_that_hung(tmp_path):
 FAKE_SWEEP = textwrap.dedent("""
     import argparse, json, os, signal
     p = argparse.ArgumentParser(); p.add_argument("--jsonl"); p.add_argument("--start", type=int, default=0)
-    p.add_argument("--time-limit"); a = p.parse_args()
+    p.add_argument("--deadline", type=float); a = p.parse_args()
     with open(a.jsonl, "a") as f:
         for i in range(a.start, 6):
             f.write(json.dumps({"event": "start", "index": i, "op": "op", "desc": f"case{i}"}) + "\\n"); f.flush()
@@ -248,23 +330,86 @@ def test_sweep_job_resumes_after_a_crash(tmp_path):
     assert any(p.startswith("case 4 failed: op case4: rel_err 1e-01 > tol") for p in rec.problems)
 
 
+SLOW_START_SWEEP = textwrap.dedent("""
+    import argparse, json, time
+    time.sleep(3)  # imports, the library, CUDA's start
+    p = argparse.ArgumentParser(); p.add_argument("--jsonl"); p.add_argument("--start", type=int, default=0)
+    p.add_argument("--deadline", type=float); a = p.parse_args()
+    with open(a.jsonl, "a") as f:
+        for i in range(a.start, 100):
+            if time.time() > a.deadline:
+                f.write(json.dumps({"event": "summary", "stopped": f"time limit reached (next index {i})"}) + "\\n")
+                break
+            f.write(json.dumps({"event": "start", "index": i, "op": "op", "desc": f"case{i}"}) + "\\n"); f.flush()
+            time.sleep(0.4)
+            f.write(json.dumps({"event": "result", "index": i, "op": "op", "desc": f"case{i}", "status": "passed"}) + "\\n")
+""")
+
+
+def test_sweep_deadline_counts_the_startup_so_the_cap_kills_no_healthy_case(tmp_path, monkeypatch):
+    """A sweep with 3 s of startup and a 7 s cap: its deadline (absolute, from the window's clock)
+    stops it before the cap, so no case is cut and called hung; out of time, nothing failed: TIMEOUT."""
+    monkeypatch.setattr(W, "SWEEP_MARGIN", 2.0)
+    (tmp_path / "slow_sweep.py").write_text(SLOW_START_SWEEP)
+    (tmp_path / "sweep").mkdir()
+    job = W.Job("sweep", "fam", [PY, str(tmp_path / "slow_sweep.py"), "--jsonl", str(tmp_path / "sweep/fam.jsonl")],
+                7, "sweep/fam.log", {}, "sweep", {"jsonl": "sweep/fam.jsonl", "cases": 100})
+    rec = W.run_sweep_job(_runner(tmp_path), job, time.monotonic() + 60, _env())
+    assert rec.status == "timeout" and rec.attempts == 1
+    assert set(rec.counts) == {"passed"} and 1 <= rec.counts["passed"] < 100
+    assert "time cap of" not in (tmp_path / "sweep/fam.log").read_text(), "the cap's kill must not be needed"
+    assert not any("hung" in p for p in rec.problems)
+    assert rec.problems == [f"fam: only {rec.counts['passed']} of 100 cases ran (time limit reached "
+                            f"(next index {rec.counts['passed']}))"]
+    assert W.build_summary([rec], {})[1]["verdict"] == "INCOMPLETE"
+
+
 @pytest.mark.parametrize("log,rc,status", [
     ("========= Invalid __global__ read of size 16 bytes\n=========     at qk::kernel+0x40\n"
      "========= ERROR SUMMARY: 2 errors\n", 3, "failed"),
     ("========= ERROR SUMMARY: 0 errors\n", 0, "passed"),
     ("========= Error: Device not supported\n", 1, "unavailable"),
     ("", 0, "failed"),  # exit 0 but no sanitizer summary: not evidence of anything
+    # a sweep case failed under memcheck (the sweep exits 1): a failure, not "cannot check this device"
+    ("========= Error: Target application returned an error\n========= ERROR SUMMARY: 0 errors\n", 1, "failed"),
+    # the sweep crashed: compute-sanitizer says so and exits non-zero
+    ("========= Error: process didn't terminate successfully\n========= ERROR SUMMARY: 0 errors\n", 255, "failed"),
 ])
 def test_memcheck_job_reads_the_sanitizer_log(tmp_path, log, rc, status):
     (tmp_path / "memcheck").mkdir()
     slog = tmp_path / "memcheck" / "f.sanitizer.log"
-    code = f"open({str(slog)!r}, 'w').write({log!r}); raise SystemExit({rc})"
+    case = {"event": "result", "index": 4, "op": "scaled_mm", "desc": "M=17", "status": "failed", "detail": "rel_err 1e-01"}
+    code = (f"open({str(slog)!r}, 'w').write({log!r}); "
+            f"open({str(tmp_path / 'memcheck' / 'f.jsonl')!r}, 'w').write({json.dumps(case)!r} if {rc} == 1 else ''); "
+            f"raise SystemExit({rc})")
     job = W.Job("memcheck", "f", [PY, "-c", code], 30, "memcheck/f.log", {}, "memcheck",
-                {"sanitizer_log": "memcheck/f.sanitizer.log"})
+                {"sanitizer_log": "memcheck/f.sanitizer.log", "jsonl": "memcheck/f.jsonl", "cases": 6})
     rec = W.run_memcheck_job(_runner(tmp_path), job, time.monotonic() + 30, dict(os.environ))
     assert rec.status == status
-    if status == "failed" and log:
+    assert " --deadline " in (tmp_path / "memcheck/f.log").read_text().splitlines()[0]  # the memcheck sweep's time limit
+    if status == "failed" and "Invalid" in log:
         assert rec.detail == "2 memcheck errors" and "Invalid __global__ read of size 16" in rec.problems[0]
+    if status == "failed" and rc == 1:
+        assert rec.detail == "exit code 1 (sweep cases failed under memcheck)"
+        assert rec.problems == ["memcheck f: exit code 1 (sweep cases failed under memcheck)",
+                                "memcheck f: case 4 failed: scaled_mm M=17: rel_err 1e-01"]
+    if rc == 255:
+        assert rec.detail == "exit code 255 (see the log)"
+
+
+def test_memcheck_stopped_by_its_deadline_is_a_timeout(tmp_path):
+    (tmp_path / "memcheck").mkdir()
+    slog, jl = tmp_path / "memcheck" / "f.sanitizer.log", tmp_path / "memcheck" / "f.jsonl"
+    events = [{"event": "result", "index": i, "status": "passed"} for i in range(2)] + \
+        [{"event": "summary", "stopped": "time limit 38 s reached after 2 cases (next index 2)"}]
+    code = (f"open({str(slog)!r}, 'w').write('========= ERROR SUMMARY: 0 errors\\n'); "
+            f"open({str(jl)!r}, 'w').write({''.join(json.dumps(e) + chr(10) for e in events)!r})")
+    job = W.Job("memcheck", "f", [PY, "-c", code], 30, "memcheck/f.log", {}, "memcheck",
+                {"sanitizer_log": "memcheck/f.sanitizer.log", "jsonl": "memcheck/f.jsonl", "cases": 6})
+    rec = W.run_memcheck_job(_runner(tmp_path), job, time.monotonic() + 30, dict(os.environ))
+    assert rec.status == "timeout"
+    assert rec.detail == "0 errors (ERROR SUMMARY read); 2 of 6 cases; stopped: time limit 38 s reached after 2 cases " \
+                         "(next index 2)"
 
 
 # ----------------------------------------------------------------- packing
@@ -310,6 +455,27 @@ def test_source_digest_follows_the_cuda_sources(tmp_path):
     assert W.source_digest(tmp_path) != d0
 
 
+def test_source_digest_covers_only_what_is_compiled(tmp_path):
+    fam = tmp_path / "csrc" / "fam"
+    (fam / "kernels").mkdir(parents=True)
+    (tmp_path / "CMakeLists.txt").write_text("project(x)\n")
+    for name in ("k.cu", "k.cuh", "k.h", "glue.cpp", "tab.inc", "sources.cmake", "kernels/x.cu"):
+        (fam / name).write_text(f"// {name}\n")
+    d0 = W.source_digest(tmp_path)
+    for name in ("README.md", "notes.txt", "gen.py", "kernels/README.md"):  # not compiled: a notes-only commit
+        (fam / name).write_text("notes\n")
+    assert W.source_digest(tmp_path) == d0
+    for name in ("k.cuh", "k.h", "glue.cpp", "tab.inc", "sources.cmake", "kernels/x.cu"):
+        (fam / name).write_text("// changed\n")
+        assert W.source_digest(tmp_path) != d0, name
+        d0 = W.source_digest(tmp_path)
+    (tmp_path / "CMakeLists.txt").write_text("project(y)\n")
+    assert W.source_digest(tmp_path) != d0
+    # the prebuild records the digest through the same function (carry-info), the window compares with it
+    assert "source_digest(), " in (ROOT / "scripts" / "gpu_window.py").read_text()
+    assert "gpu_window.py carry-info" in (ROOT / "scripts" / "gpu_prebuild.sh").read_text()
+
+
 def test_test_files_discovered_generically():
     from qkernels.ops import family_ops
 
@@ -319,10 +485,142 @@ def test_test_files_discovered_generically():
     assert sorted(with_gpu + without) == every
     for f in with_gpu:
         assert "mark.gpu" in (ROOT / f).read_text()
-    # the kernel families' files come first
-    fam_files = [f for f in with_gpu if any(Path(f).stem[5:] == x or Path(f).stem[5:].startswith(x + "_") for x in fams)]
-    assert with_gpu[: len(fam_files)] == fam_files
+    # the files with the most GPU tests start first
+    counts = [W.gpu_tests_in((ROOT / f).read_text()) for f in with_gpu]
+    assert counts == sorted(counts, reverse=True) and counts[0] >= 50
+    # "mark.gpu" in a string (an assertion) is no gpu mark: no process for a file without GPU tests
+    assert "python_tests/test_gpu_window.py" in without
     assert W.discover_test_files(ROOT, "scaled_mm", fams)[0] == ["python_tests/test_scaled_mm.py"]
+
+
+def test_gpu_tests_are_counted_from_the_source():
+    d = textwrap.dedent
+    assert W.gpu_tests_in(d("""
+        def test_a():
+            assert "mark.gpu" in open(__file__).read()
+        S = "@pytest.mark.gpu"
+    """)) is None
+    assert W.gpu_tests_in(d("""
+        import pytest
+        @pytest.mark.gpu
+        def test_a(): pass
+        @pytest.mark.gpu
+        @pytest.mark.parametrize("m", [1, 2, 3])
+        @pytest.mark.parametrize("dtype", DTYPES)
+        def test_b(m, dtype): pass
+        def test_cpu(): pass
+        DTYPES = ("a", "b")
+    """)) == 1 + 3 * 2  # a module-level list counts wherever it is assigned
+    src = d("""
+        import pytest
+        gpu = pytest.mark.gpu
+        MS = [1, 2] + [3, 4, 5]
+        SHAPES = [(1, 2)] if REDUCED else [(1, 2), (3, 4), (5, 6)]
+        DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+        @gpu
+        @pytest.mark.parametrize("m", MS)
+        @pytest.mark.parametrize("shape", SHAPES)
+        def test_a(m, shape): pass
+        @pytest.mark.parametrize("device", DEVICES)
+        @pytest.mark.parametrize("k", (1, 2))
+        def test_b(device, k): pass
+        class TestC:
+            @gpu
+            def test_c(self): pass
+        @pytest.mark.parametrize("x", [1, 2])
+        def test_cpu_only(x): pass
+    """)
+    assert W.gpu_tests_in(src) == 5 * 3 + 1 * 2 + 1
+    assert W.gpu_tests_in("import pytest\npytestmark = pytest.mark.gpu\ndef test_a(): pass\ndef test_b(): pass\n") == 2
+
+
+def _plan_args(**kw):
+    from types import SimpleNamespace
+
+    a = dict(caps={}, tests=None, reduced=False, test_timeout=60, families=None, sweep_cases=200, seed=0,
+             memcheck_cases=6, jobs=4, bench_args="--quick", steps=None, allow_no_gpu=False)
+    a.update(kw)
+    return SimpleNamespace(**a)
+
+
+FAMS = {"quant": True, "scaled_mm": True, "w4a16": True, "w4a16_hopper": True, "sparse24": True, "fp8_block": True}
+
+
+def test_plan_sweep_and_memcheck_run_every_family_at_once(tmp_path):
+    steps = {s.name: s for s in W.make_plan(_plan_args(), PY, FAMS, True, "/x/compute-sanitizer", True, tmp_path)}
+    sw, mc, t = steps["sweep"], steps["memcheck"], steps["tests"]
+    assert sw.parallel == len(sw.jobs) == 6 and mc.parallel == len(mc.jobs) == 6
+    assert t.parallel == 4  # the test files: still 4 at a time
+    threads = str(max(1, (os.cpu_count() or 16) // 6))
+    assert all(j.env["OMP_NUM_THREADS"] == threads for j in sw.jobs + mc.jobs) or "OMP_NUM_THREADS" in os.environ
+    for j in mc.jobs:  # API errors (torch / Triton probing the driver) are not memcheck errors; memory errors are
+        i = j.argv.index("--report-api-errors")
+        assert j.argv[i + 1] == "no" and j.argv[j.argv.index("--error-exitcode") + 1] == "3"
+        assert j.argv[0] == "/x/compute-sanitizer" and j.meta["cases"] == 6 and j.meta["jsonl"] == f"memcheck/{j.name}.jsonl"
+    bench = steps["bench"].jobs[0].argv
+    assert bench[bench.index("--time-limit") + 1] == f"{W.DEFAULT_CAPS['bench'] - W.BENCH_MARGIN:.0f}"
+    own = {s.name: s for s in W.make_plan(_plan_args(bench_args="--quick --time-limit 9"), PY, FAMS, True, "cs", True,
+                                          tmp_path)}["bench"].jobs[0].argv
+    assert own.count("--time-limit") == 1 and own[own.index("--time-limit") + 1] == "9"
+
+
+def test_a_missing_sanitizer_makes_memcheck_unavailable_with_the_places_tried(tmp_path):
+    tried = ["PATH", "/usr/local/cuda*/bin/compute-sanitizer", "/opt/nvidia/**/compute-sanitizer"]
+    steps = {s.name: s for s in W.make_plan(_plan_args(), PY, FAMS, True, None, True, tmp_path, tried)}
+    mc = steps["memcheck"]
+    assert mc.skip_status == "unavailable" and "/opt/nvidia/**/compute-sanitizer" in mc.skip
+    rec = W.run_step(_runner(tmp_path), mc, dict(os.environ))[0]
+    assert rec.status == "unavailable" and rec.detail == ("compute-sanitizer was not found (tried PATH, "
+                                                          "/usr/local/cuda*/bin/compute-sanitizer, /opt/nvidia/**/compute-sanitizer)")
+    # not selected: skipped, as any unselected step
+    mc2 = {s.name: s for s in W.make_plan(_plan_args(steps="tests"), PY, FAMS, True, None, True, tmp_path)}["memcheck"]
+    assert mc2.skip_status == "skipped"
+
+
+def test_find_sanitizer_looks_beyond_path(tmp_path):
+    nobin = str(tmp_path / "nobin")
+    found, tried = W.find_sanitizer(str(tmp_path), path=nobin)
+    assert found is None and tried == ["PATH"] + [str(tmp_path) + g for g in W.SANITIZER_PLACES]
+    assert any("/opt/nvidia/**" in t for t in tried) and any("/usr/local/cuda*/compute-sanitizer/" in t for t in tried)
+    deep = tmp_path / "opt" / "nvidia" / "cuda-13" / "tools" / "compute-sanitizer"
+    deep.parent.mkdir(parents=True)
+    deep.write_text("#!/bin/sh\n")
+    assert W.find_sanitizer(str(tmp_path), path=nobin)[0] is None  # not executable
+    deep.chmod(0o755)
+    assert W.find_sanitizer(str(tmp_path), path=nobin)[0] == str(deep)
+    cs = tmp_path / "usr" / "local" / "cuda-13.0" / "compute-sanitizer" / "compute-sanitizer"
+    cs.parent.mkdir(parents=True)
+    cs.write_text("#!/bin/sh\n")
+    cs.chmod(0o755)
+    assert W.find_sanitizer(str(tmp_path), path=nobin)[0] == str(cs)  # before /opt/nvidia
+    on_path = tmp_path / "bin" / "compute-sanitizer"
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert W.find_sanitizer(str(tmp_path), path=str(on_path.parent))[0] == str(on_path)
+
+
+def test_every_job_runs_offline(tmp_path):
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(work=str(tmp_path / "work"), out=str(tmp_path / "out"), python=PY, budget=60, seed=0,
+                        carry="", caps={})
+    w = W.Window(a)
+    w.work.mkdir(parents=True)
+    r = _runner(w.work)
+    w.setup(r)
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        assert w.env[k] == "1" and w.base_env()[k] == "1"
+
+
+def test_the_bench_job_says_where_its_time_limit_stopped_it(tmp_path):
+    log = tmp_path / "bench.log"
+    log.write_text("measuring...\r[quant] 3/8\nqkernels bench: time limit (25 s) reached in quant: time limit reached "
+                   "before quant 4096x4096 fp8\nwrote:\n")
+    rec = W.Record("bench", "bench", "passed", detail="tuned config h100-sxm.json")
+    W._bench_post(rec, log)
+    assert rec.detail == ("tuned config h100-sxm.json; qkernels bench: time limit (25 s) reached in quant: time limit "
+                          "reached before quant 4096x4096 fp8")
 
 
 def test_window_dry_run_plans_every_step_file_and_family(tmp_path):
@@ -347,6 +645,7 @@ def test_window_dry_run_plans_every_step_file_and_family(tmp_path):
         else:
             assert f"family '{fam}' has no sweep generator" in text
     assert "qkernels tune --quick" in text and "qkernels bench --quick" in text
+    assert "--report-api-errors no" in text and "(cap 35s, 6 at a time)" in text
     assert not out.exists() or not any(out.iterdir()), "a dry run must not write the returned files"
     assert not (tmp_path / "work").exists()
 
@@ -388,6 +687,30 @@ def test_window_end_to_end_on_cpu(tmp_path):
     assert "python_tests/logs/unknown-gpu/window-summary.md" in names
     assert any(n.startswith("python_tests/logs/unknown-gpu/tests/test_quant") for n in names)
     assert r.returncode == (0 if js["verdict"] == "PASS" else 1)
+    # the last lines of the output: the verdict and the step table again (the device tool shows the tail)
+    lines = r.stdout.rstrip().splitlines()
+    i = max(k for k, ln in enumerate(lines) if ln.startswith("# GPU window: "))
+    assert i > len(lines) - 30 and i > lines.index("## Jobs"), "the verdict is among the very last lines"
+    assert lines[i].startswith(f"# GPU window: {js['verdict']}") and lines[i + 2].startswith("| step | status |")
+    assert [ln.split(" | ")[0][2:] for ln in lines[i + 4: i + 4 + len(W.STEP_ORDER)]] == list(W.STEP_ORDER)
+
+
+def test_window_sh_fallback_summary_is_printed_too(tmp_path):
+    """The orchestrator dies before writing any summary: the shell's fallback summary is the end of the output."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Traceback: the orchestrator broke' >&2\nexit 7\n")
+    fake.chmod(0o755)
+    out, work = tmp_path / "out", tmp_path / "work"
+    (work / "tests").mkdir(parents=True)
+    (work / "tests" / "t.log").write_text("a log\n")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_window.sh")], capture_output=True, text=True, timeout=60,
+                       env=_env(PYTHON=str(fake), OUT=str(out), QK_WINDOW_WORK=str(work)))
+    assert r.returncode == 7
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# GPU window: FAIL (the orchestrator exited with code 7 before writing a summary)")
+    assert r.stdout.endswith(md) and "Traceback: the orchestrator broke" in md
+    with tarfile.open(out / "logs.tar.gz") as t:  # the work folder of QK_WINDOW_WORK
+        assert "work/tests/t.log" in t.getnames()
 
 
 def test_window_killed_from_outside_still_reports_and_leaves_no_process(tmp_path):

@@ -11,7 +11,7 @@ Run it through ``scripts/gpu_window.sh`` (README "Validating on a GPU"). Subcomm
   load-check  (a child of ``run``, and of the prebuild) load the library, list what it registered,
               compare with the build info's list, run one small case per family; JSON out
   families    the families of this install and whether each has a sweep generator (JSON)
-  digest      the digest of the sources the library is built from (csrc/, CMakeLists.txt)
+  digest      the digest of what the library is compiled from (csrc/'s sources, CMakeLists.txt)
   carry-info  (for scripts/gpu_prebuild.sh) write the carried library's _build_info.json
   summarize   rewrite the summary of a work folder from its records (after a crash of ``run``)
 
@@ -24,6 +24,7 @@ killed from outside returns the state of its last finished step and names the st
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import glob
 import gzip
@@ -50,10 +51,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "qkernels.gpu_window/1"
 
-# Statuses of a job, a test, a step. BAD ones make the verdict FAIL.
+# Statuses of a job, a test, a step. FAILS make the verdict FAIL; TIMEOUT and NOT_RUN (ran out of
+# time, nothing wrong seen) make it INCOMPLETE; BAD ones are shown in capitals.
 PASSED, FAILED, TIMEOUT, CRASHED, ERROR = "passed", "failed", "timeout", "crashed", "error"
 SKIPPED, UNAVAILABLE, RUNNING, NOT_RUN = "skipped", "unavailable", "running", "not run"
-BAD = (FAILED, TIMEOUT, CRASHED, ERROR)
+FAILS = (FAILED, CRASHED, ERROR)
+BAD = FAILS + (TIMEOUT,)
 
 STEP_ORDER = ("setup", "load", "tests", "sweep", "memcheck", "tune", "bench")
 # Seconds. The window must fit 9 minutes of device time, the machine's 1-2 minute start and the
@@ -62,8 +65,16 @@ STEP_ORDER = ("setup", "load", "tests", "sweep", "memcheck", "tune", "bench")
 DEFAULT_CAPS = {"setup": 20, "load": 40, "tests": 130, "sweep": 35, "memcheck": 50, "tune": 70, "bench": 45}
 DEFAULT_BUDGET = 400.0
 FINALIZE_RESERVE = 8.0  # seconds kept for the last summary + packing
-KILL_GRACE = 6.0
-MAX_ATTEMPTS = 8  # processes per test file / sweep (each resumes after the test or case the last died in)  # SIGINT first (pytest writes its junit file), SIGKILL this much later
+KILL_GRACE = 6.0  # SIGINT first (pytest writes its junit file), SIGKILL this much later
+KILL_WAIT = 10.0  # a process still there this long after SIGKILL (stuck in the driver) is recorded and left
+MAX_ATTEMPTS = 8  # processes per test file / sweep (each resumes after the test or case the last died in)
+# A sweep starts no case later than this many seconds before its job's cap (--deadline), so the cap's
+# kill only hits a case that hangs: the last case, the summary line (and the sanitizer's report) fit.
+SWEEP_MARGIN = 8.0
+MEMCHECK_MARGIN = 12.0
+BENCH_MARGIN = 20.0  # qkernels bench --time-limit = cap - this (startup, the last variant, plots)
+# Every job's environment: the GPU machine has no network (a hub lookup would wait for its timeout).
+JOB_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 MAX_OUT_FILES = 8  # the device tool returns at most 8 files, 16 MiB each
 MAX_OUT_FILE_BYTES = 15 * 2**20
 LOG_TRIM_BYTES = 3 * 2**20  # a log larger than this is packed as its first 1 MiB + last 2 MiB
@@ -134,6 +145,7 @@ class Step:
     jobs: List[Job] = field(default_factory=list)
     parallel: int = 1
     skip: Optional[str] = None  # why the whole step does not run
+    skip_status: str = SKIPPED  # or UNAVAILABLE: a tool the machine lacks
     notes: List[str] = field(default_factory=list)  # what the step does not cover, and why
 
 
@@ -151,6 +163,7 @@ class Runner:
         self.step_times: Dict[str, dict] = {}
         self.live: Dict[int, subprocess.Popen] = {}
         self.stopping = False
+        self.stuck: List[dict] = []  # processes that did not exit after SIGKILL (left behind)
 
     def kill_all(self) -> None:
         """Stop every running job (their process groups): the window is being interrupted."""
@@ -186,8 +199,10 @@ class Runner:
             logf.write(f"$ {job.shell() if argv is None else ' '.join(shlex.quote(a) for a in argv)}\n".encode())
             logf.flush()
             try:
+                # its own process group (killpg), in the window's session: the device tool's cleanup
+                # at the end of the command ends it too (a new session would outlive the command)
                 proc = subprocess.Popen(argv or job.argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                        cwd=str(ROOT), start_new_session=True)
+                                        cwd=str(ROOT), process_group=0)
             except OSError as e:
                 logf.write(f"could not start: {e}\n".encode())
                 return None, 0.0, False
@@ -204,7 +219,13 @@ class Runner:
                     rc = proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     _kill_group(proc, signal.SIGKILL)
-                    rc = proc.wait()
+                    try:
+                        rc = proc.wait(timeout=KILL_WAIT)
+                    except subprocess.TimeoutExpired:  # stuck (in the driver?): record it, do not wait forever
+                        rc = -signal.SIGKILL
+                        self.stuck.append({"step": job.step, "job": job.name, "pid": proc.pid})
+                        logf.write(f"\n[window] pid {proc.pid} still there {KILL_WAIT:.0f} s after SIGKILL: "
+                                   "left behind\n".encode())
                 logf.write(f"\n[window] time cap of {cap:.0f} s reached: stopped (rc {rc})\n".encode())
             _kill_group(proc, signal.SIGKILL)  # leftovers of the group (a child that outlived its parent)
             self.live.pop(proc.pid, None)
@@ -401,7 +422,7 @@ def run_pytest_job(runner: Runner, job: Job, step_deadline: float, base_env: Dic
         common = max(set(skips), key=skips.count)
         rec.extra["skip_reason"] = f"{skips.count(common)} x '{common[:200]}'"
     if bad:
-        worst = next((o for o in (CRASHED, TIMEOUT, FAILED, ERROR) if any(r.outcome == o for r in bad)))
+        worst = next((o for o in (CRASHED, FAILED, ERROR, TIMEOUT) if any(r.outcome == o for r in bad)))
         rec.status = worst if worst != ERROR else FAILED
     elif results and len(skips) == len(results):
         rec.status = SKIPPED
@@ -439,7 +460,9 @@ def run_sweep_job(runner: Runner, job: Job, step_deadline: float, base_env: Dict
         if cap < 3:
             stopped = "no time left for the remaining cases"
             break
-        argv = list(job.argv) + ["--start", str(start), "--time-limit", f"{max(1.0, cap - 4):.0f}"]
+        # an absolute deadline: the sweep's imports and CUDA start count against it
+        deadline = time.time() + max(1.0, cap - SWEEP_MARGIN)
+        argv = list(job.argv) + ["--start", str(start), "--deadline", f"{deadline:.1f}"]
         rc, secs, timed_out = runner.exec(job, cap, runner.work / job.log, argv, base_env)
         final_rc = rc
         events = read_jsonl(jsonl)
@@ -486,7 +509,8 @@ def run_sweep_job(runner: Runner, job: Job, step_deadline: float, base_env: Dict
     if summaries and not stopped:
         stopped = summaries[-1]["stopped"]
     if bad:
-        rec.status = CRASHED if any(r["status"] in (CRASHED,) for r in bad) else FAILED
+        sts = {r["status"] for r in bad}
+        rec.status = CRASHED if CRASHED in sts else FAILED if sts - {TIMEOUT} else TIMEOUT
     elif final_rc not in (0, 1, 75) and not stopped:
         st, why = classify(final_rc, False)
         rec.status = st if st != PASSED else FAILED
@@ -499,17 +523,22 @@ def run_sweep_job(runner: Runner, job: Job, step_deadline: float, base_env: Dict
     return rec
 
 
+# compute-sanitizer cannot check this device here (gVisor says "Device not supported").
 SANITIZER_NOT_SUPPORTED = ("Device not supported", "Unable to find injection library", "device is not supported",
-                           "Target application returned an error", "CUDA_ERROR_NOT_SUPPORTED")
+                           "CUDA_ERROR_NOT_SUPPORTED")
+# its lines about the target's exit status, not memory errors (a failed or crashed sweep: the rc says which)
+SANITIZER_TARGET_EXIT = ("Target application returned an error", "process didn't terminate successfully")
 
 
 def run_memcheck_job(runner: Runner, job: Job, step_deadline: float, base_env: Dict[str, str]) -> Record:
     rec = Record(job.step, job.name, PASSED, cmd=job.shell(), log=job.log)
     cap = min(job.cap, step_deadline - time.monotonic())
     if cap < 5:
-        rec.status, rec.detail = SKIPPED, "no time left in the step"
+        rec.status, rec.detail = NOT_RUN, "no time left in the step"
+        rec.problems = [f"memcheck {job.name}: not run (no time left in the step)"]
         return rec
-    rc, secs, timed_out = runner.exec(job, cap, runner.work / job.log, None, base_env)
+    argv = list(job.argv) + ["--deadline", f"{time.time() + max(1.0, cap - MEMCHECK_MARGIN):.1f}"]
+    rc, secs, timed_out = runner.exec(job, cap, runner.work / job.log, argv, base_env)
     rec.rc, rec.seconds, rec.attempts = rc, secs, 1
     san_log = runner.work / job.meta["sanitizer_log"]
     text = san_log.read_text(errors="replace") if san_log.exists() else ""
@@ -517,7 +546,12 @@ def run_memcheck_job(runner: Runner, job: Job, step_deadline: float, base_env: D
     m = re.search(r"ERROR SUMMARY:\s*(\d+)\s+error", text)
     errors = int(m.group(1)) if m else None
     first = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("=========") and
-             re.search(r"Invalid|Program hit|out of bounds|misaligned|leak|Error", ln)][:6]
+             re.search(r"Invalid|Program hit|out of bounds|misaligned|leak|Error", ln)
+             and not any(s in ln for s in SANITIZER_TARGET_EXIT)][:6]
+    events = read_jsonl(runner.work / job.meta["jsonl"]) if job.meta.get("jsonl") else []
+    results = {e["index"]: e for e in events if e.get("event") == "result"}
+    failed_cases = [f"memcheck {job.name}: case {i} {r['status']}: {r.get('op')} {r.get('desc')}: {r.get('detail')}"
+                    for i, r in sorted(results.items()) if r.get("status") in ("failed", "error")]
     if any(s in text or s in out for s in SANITIZER_NOT_SUPPORTED) and not errors:
         rec.status, rec.detail = UNAVAILABLE, "compute-sanitizer cannot check this device here: " + \
             next(s for s in SANITIZER_NOT_SUPPORTED if s in text or s in out)
@@ -538,12 +572,17 @@ def run_memcheck_job(runner: Runner, job: Job, step_deadline: float, base_env: D
     elif rc not in (0,):
         rec.status = FAILED
         rec.detail = f"exit code {rc} ({'sweep cases failed under memcheck' if rc == 1 else 'see the log'})"
-        rec.problems = [f"memcheck {job.name}: {rec.detail}"]
+        rec.problems = [f"memcheck {job.name}: {rec.detail}"] + failed_cases[:6]
     else:
         rec.detail = f"0 errors ({'ERROR SUMMARY read' if m else 'no sanitizer summary found'})"
         if not m:
             rec.status = FAILED
             rec.problems = [f"memcheck {job.name}: exit 0 but no 'ERROR SUMMARY' in {job.meta['sanitizer_log']}"]
+        stop = [e["stopped"] for e in events if e.get("event") == "summary" and e.get("stopped")]
+        if m and stop and len(results) < job.meta.get("cases", 0):  # clean, but its deadline came first
+            rec.status = TIMEOUT
+            rec.detail += f"; {len(results)} of {job.meta['cases']} cases; stopped: {stop[-1]}"
+            rec.problems = [f"memcheck {job.name}: only {len(results)} of {job.meta['cases']} cases ran ({stop[-1]})"]
     return rec
 
 
@@ -551,7 +590,8 @@ def run_plain_job(runner: Runner, job: Job, step_deadline: float, base_env: Dict
     rec = Record(job.step, job.name, PASSED, cmd=job.shell(), log=job.log)
     cap = min(job.cap, step_deadline - time.monotonic())
     if cap < 1:
-        rec.status, rec.detail = SKIPPED, "no time left in the step"
+        rec.status, rec.detail = NOT_RUN, "no time left in the step"
+        rec.problems = [f"{job.name}: not run (no time left in the step)"]
         return rec
     note = ""
     if job.meta.get("configs_dir"):  # the bench: with the tuned config if the tune step wrote one
@@ -588,7 +628,7 @@ def run_step(runner: Runner, step: Step, base_env: Dict[str, str]) -> List[Recor
     cap = max(0.0, min(step.cap, runner.left() - FINALIZE_RESERVE))
     runner.step_times[step.name] = {"cap": step.cap, "effective_cap": round(cap, 1), "started": time.time()}
     if step.skip:
-        recs = [Record(step.name, step.name, SKIPPED, detail=step.skip)]
+        recs = [Record(step.name, step.name, step.skip_status, detail=step.skip)]
     elif cap < 2:
         recs = [Record(step.name, step.name, NOT_RUN, detail="no time left in the window's budget")]
     else:
@@ -640,7 +680,7 @@ def _tail(path: Path, n: int) -> str:
 # ----------------------------------------------------------------- the summary
 def step_status(recs: Sequence[Record]) -> str:
     sts = [r.status for r in recs]
-    for s in (CRASHED, TIMEOUT, FAILED, ERROR):
+    for s in (CRASHED, FAILED, ERROR, TIMEOUT):
         if s in sts:
             return s
     if not sts:
@@ -681,17 +721,17 @@ def build_summary(records: Sequence[Record], meta: dict, running: Optional[str] 
                       "title": STEP_TITLES.get(name, name), "detail": _step_detail(name, recs),
                       "jobs": len(recs), "notes": notes.get(name, [])})
     problems = [f"{r.step} / {r.name}: {p}" for r in records for p in r.problems]
-    bad_steps = [s["step"] for s in steps if s["status"] in BAD]
+    # FAIL: anything failed, crashed or errored (a job, or a test / case inside one); INCOMPLETE:
+    # only time ran out (timeouts, jobs or steps not run); PASS: everything ran and passed.
+    failed = any(r.status in FAILS or any(r.counts.get(k) for k in FAILS) for r in records)
+    unfinished = [f"{r.step} / {r.name}: {r.status}" + (f": {r.detail}" if r.detail else "")
+                  for r in records if r.status in (TIMEOUT, NOT_RUN)]
+    unfinished += [f"{s['step']}: not reached" for s in steps if s["status"] == NOT_RUN and not s["jobs"]]
     if running:
-        verdict = "INCOMPLETE"
-    elif bad_steps:
-        verdict = "FAIL"
-    elif any(s["status"] == NOT_RUN for s in steps):
-        verdict = "INCOMPLETE"
-    else:
-        verdict = "PASS"
+        unfinished.append(f"{running}: still running when this was written")
+    verdict = "FAIL" if failed else "INCOMPLETE" if unfinished else "PASS"
     js = {"schema": SCHEMA, "verdict": verdict, "running": running, "meta": meta, "steps": steps,
-          "problems": problems, "jobs": [asdict(r) for r in records],
+          "problems": problems, "unfinished": unfinished, "jobs": [asdict(r) for r in records],
           "written": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     return _markdown(js), js
 
@@ -714,10 +754,39 @@ def _step_detail(name: str, recs: Sequence[Record]) -> str:
     return f"jobs: {jobs}" + (f"; {unit}: {counts}" if counts else "")
 
 
+def _headline(js: dict) -> str:
+    if js["running"]:
+        return f"# GPU window: {js['verdict']} (still in step '{js['running']}' when written)"
+    if js["verdict"] == "INCOMPLETE":
+        return "# GPU window: INCOMPLETE (no failure; time ran out: see 'Did not finish')"
+    return f"# GPU window: {js['verdict']}"
+
+
+def _step_table(js: dict) -> List[str]:
+    L = ["| step | status | time | cap | what | result |", "|---|---|---|---|---|---|"]
+    for s in js["steps"]:
+        L.append(f"| {s['step']} | {s['status'].upper() if s['status'] in BAD else s['status']} | {_fmt_s(s['seconds'])} | "
+                 f"{_fmt_s(s['cap'])} | {s['title']} | {s['detail'] or ''} |")
+    return L
+
+
+def compact_tail(js: dict, problems: int = 10, width: int = 160) -> str:
+    """The verdict, the step table and the first problems, short: the window's last lines of output,
+    so that they are in the device tool's output tail however long the summary above them is."""
+    L = ["", "=" * 20 + " GPU window summary (again; summary.md has it all) " + "=" * 20, _headline(js), ""]
+    L += _step_table(js)
+    if js.get("unfinished"):
+        L += ["", f"Did not finish ({len(js['unfinished'])}): " + "; ".join(u[:width] for u in js["unfinished"][:problems])]
+    if js["problems"]:
+        L += ["", f"Problems ({len(js['problems'])}, the first {min(problems, len(js['problems']))}):"]
+        L += [f"- {p[:width]}" for p in js["problems"][:problems]]
+    return "\n".join(L) + "\n"
+
+
 def _markdown(js: dict) -> str:
     m = js["meta"]
     L = []
-    L.append(f"# GPU window: {js['verdict']}" + (f" (still in step '{js['running']}' when written)" if js["running"] else ""))
+    L.append(_headline(js))
     L.append("")
     L.append(f"- GPU: {m.get('gpu') or 'unknown'} ({m.get('gpu_slug') or '-'}), driver {m.get('driver') or '-'}")
     L.append(f"- torch {m.get('torch') or '-'} (CUDA {m.get('torch_cuda') or '-'}), python {m.get('python') or '-'}")
@@ -727,13 +796,16 @@ def _markdown(js: dict) -> str:
     if m.get("source_check"):
         L.append(f"- sources: {m['source_check']}")
     L.append(f"- window: {_fmt_s(m.get('elapsed'))} of a {_fmt_s(m.get('budget'))} budget, started {m.get('started') or '-'}")
+    if m.get("stuck_processes"):
+        L.append("- processes left behind (still there after SIGKILL): " +
+                 ", ".join(f"{x['step']} {x['job']} (pid {x['pid']})" for x in m["stuck_processes"]))
     L.append("")
-    L.append("| step | status | time | cap | what | result |")
-    L.append("|---|---|---|---|---|---|")
-    for s in js["steps"]:
-        L.append(f"| {s['step']} | {s['status'].upper() if s['status'] in BAD else s['status']} | {_fmt_s(s['seconds'])} | "
-                 f"{_fmt_s(s['cap'])} | {s['title']} | {s['detail'] or ''} |")
+    L += _step_table(js)
     L.append("")
+    if js.get("unfinished"):
+        L.append(f"## Did not finish ({len(js['unfinished'])})")
+        L += [f"- {u}" for u in js["unfinished"]]
+        L.append("")
     if js["problems"]:
         L.append(f"## Problems ({len(js['problems'])}): what and where")
         for p in js["problems"][:200]:
@@ -840,52 +912,135 @@ def pack(work: Path, out: Path, summary_md: str, summary_js: dict, evidence: Dic
 
 
 # ----------------------------------------------------------------- the plan
+BUILD_INPUT_SUFFIXES = (".cu", ".cuh", ".h", ".cpp", ".inc")
+BUILD_INPUT_NAMES = ("sources.cmake", "CMakeLists.txt")
+
+
 def source_digest(root: Path = ROOT) -> str:
-    """sha256 of the files the library is built from (csrc/**, CMakeLists.txt): equal digests
-    mean the carried library was built from these sources."""
+    """sha256 of what the library is compiled from: CMakeLists.txt and csrc/'s C++/CUDA sources,
+    headers and sources.cmake files (not its READMEs or scripts). Equal digests mean the carried
+    library was built from these sources. The prebuild records it through ``carry-info``, the
+    window compares with it: both call this function."""
     h = hashlib.sha256()
-    paths = [root / "CMakeLists.txt"] + sorted(p for p in (root / "csrc").rglob("*") if p.is_file())
+    paths = [root / "CMakeLists.txt"] + sorted(
+        p for p in (root / "csrc").rglob("*")
+        if p.is_file() and (p.suffix in BUILD_INPUT_SUFFIXES or p.name in BUILD_INPUT_NAMES))
     for p in paths:
-        rel = p.relative_to(root).as_posix()
-        if "__pycache__" in rel or p.suffix in (".pyc", ".o", ".so"):
-            continue
-        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _is_gpu_mark(node: ast.AST) -> bool:
+    """``pytest.mark.gpu`` as code (an attribute), never inside a string."""
+    return (isinstance(node, ast.Attribute) and node.attr == "gpu" and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "mark" and isinstance(node.value.value, ast.Name) and node.value.value.id == "pytest")
+
+
+def _param_values(v: ast.AST, names: Dict[str, ast.AST], depth: int = 0) -> list:
+    """The argvalues of a parametrize as far as the source says: a literal list / tuple, a module-level
+    name of one, ``a + b``, ``a if c else b`` (the longer); anything else counts as 3 unknown values."""
+    if isinstance(v, ast.Name) and v.id in names and depth < 5:
+        return _param_values(names[v.id], names, depth + 1)
+    if isinstance(v, (ast.List, ast.Tuple)):
+        return list(v.elts)
+    if isinstance(v, ast.BinOp) and isinstance(v.op, ast.Add):
+        return _param_values(v.left, names, depth + 1) + _param_values(v.right, names, depth + 1)
+    if isinstance(v, ast.IfExp):
+        return max(_param_values(v.body, names, depth + 1), _param_values(v.orelse, names, depth + 1), key=len)
+    return [None] * 3
+
+
+def gpu_tests_in(text: str) -> Optional[int]:
+    """About how many tests of a test file's source carry the ``gpu`` mark (``@pytest.mark.gpu``, an
+    alias ``gpu = pytest.mark.gpu`` used as ``@gpu``, ``pytestmark``, or ``pytest.param(...,
+    marks=pytest.mark.gpu)`` in a parametrize), counting parametrized cases where the source lists
+    them; None if the file uses no gpu mark at all (in code: a string saying "mark.gpu" does not count)."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:  # pytest will report it: run the file if it looks like it has GPU tests
+        return 1 if re.search(r"^\s*@pytest\.mark\.gpu\b|=\s*pytest\.mark\.gpu\b", text, re.M) else None
+    if not any(_is_gpu_mark(n) for n in ast.walk(tree)):
+        return None
+    aliases, names, whole_module = set(), {}, False
+    for st in tree.body:
+        if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name):
+            name = st.targets[0].id
+            if name == "pytestmark":
+                whole_module = any(_is_gpu_mark(n) for n in ast.walk(st.value))
+            elif _is_gpu_mark(st.value):
+                aliases.add(name)
+            else:
+                names[name] = st.value
+
+    def is_gpu(node) -> bool:
+        return _is_gpu_mark(node) or (isinstance(node, ast.Name) and node.id in aliases)
+
+    def gpu_param(e) -> bool:  # pytest.param(..., marks=gpu)
+        return isinstance(e, ast.Call) and any(k.arg == "marks" and any(is_gpu(n) for n in ast.walk(k.value))
+                                               for k in e.keywords)
+
+    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for c in tree.body:
+        if isinstance(c, ast.ClassDef) and c.name.startswith("Test"):
+            funcs += [n for n in c.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    total = 0
+    for f in funcs:
+        if not f.name.startswith("test"):
+            continue
+        gpu, n = whole_module or any(is_gpu(d) for d in f.decorator_list), 1
+        for d in f.decorator_list:
+            if isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "parametrize" \
+                    and len(d.args) >= 2:
+                vals = _param_values(d.args[1], names)
+                marked = sum(gpu_param(e) for e in vals)
+                if marked and not gpu:  # only its gpu-marked params are GPU tests
+                    gpu, n = True, n * marked
+                else:
+                    n *= max(1, len(vals))
+        total += n if gpu else 0
+    return total
 
 
 def discover_test_files(root: Path = ROOT, pattern: Optional[str] = None,
                         families: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
-    """(files with GPU tests, files without): python_tests/test_*.py whose text marks tests
-    ``gpu`` (``mark.gpu``), filtered by the comma-separated substrings of ``pattern``. Order:
-    the kernel families' files first (``test_<family>*.py``, in family order), then the others;
-    larger files first within each (the longest jobs start first)."""
+    """(files with GPU tests, files without): python_tests/test_*.py that use the ``gpu`` mark
+    (:func:`gpu_tests_in`), filtered by the comma-separated substrings of ``pattern``. Order: the
+    most GPU tests first (the longest jobs start first); among equal counts the kernel families'
+    files (``test_<family>*.py``, in family order), then larger files."""
     files = sorted(glob.glob(str(root / "python_tests" / "test_*.py")))
     if pattern:
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
         files = [f for f in files if any(p in Path(f).name for p in pats)]
     fam_rank = {f: i for i, f in enumerate(families)}
+    n_gpu = {f: gpu_tests_in(Path(f).read_text(errors="replace")) for f in files}
 
     def key(f: str):
         name = Path(f).stem[len("test_"):]
         rank = min((i for fam, i in fam_rank.items() if name == fam or name.startswith(fam + "_")),
                    default=len(fam_rank))
-        return rank, -os.path.getsize(f), f
+        return -(n_gpu[f] or 0), rank, -os.path.getsize(f), f
 
     files.sort(key=key)
-    with_gpu, without = [], []
-    for f in files:
-        (with_gpu if "mark.gpu" in Path(f).read_text(errors="replace") else without).append(
-            str(Path(f).relative_to(root)))
+    with_gpu = [str(Path(f).relative_to(root)) for f in files if n_gpu[f] is not None]
+    without = [str(Path(f).relative_to(root)) for f in files if n_gpu[f] is None]
     return with_gpu, without
 
 
-def find_sanitizer() -> Optional[str]:
-    for cand in (shutil.which("compute-sanitizer"), "/usr/local/cuda/bin/compute-sanitizer",
-                 "/usr/local/cuda/compute-sanitizer/compute-sanitizer",
-                 *sorted(glob.glob("/usr/local/cuda*/bin/compute-sanitizer"))):
-        if cand and os.path.exists(cand):
-            return cand
-    return None
+SANITIZER_PLACES = ("/usr/local/cuda*/bin/compute-sanitizer", "/usr/local/cuda*/compute-sanitizer/compute-sanitizer",
+                    "/opt/nvidia/**/compute-sanitizer")
+
+
+def find_sanitizer(prefix: str = "", path: Optional[str] = None) -> Tuple[Optional[str], List[str]]:
+    """(compute-sanitizer's path or None, the places tried: PATH (or ``path``), then SANITIZER_PLACES
+    under ``prefix``)."""
+    tried = ["PATH"] + [prefix + g for g in SANITIZER_PLACES]
+    found = shutil.which("compute-sanitizer", path=path)
+    for g in tried[1:]:
+        if found:
+            break
+        found = next((c for c in sorted(glob.glob(g, recursive=True))
+                      if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+    return found, tried
 
 
 def _has_module(python: str, name: str) -> bool:
@@ -895,7 +1050,7 @@ def _has_module(python: str, name: str) -> bool:
 
 
 def make_plan(a, python: str, families: Dict[str, bool], have_gpu: bool, sanitizer: Optional[str],
-              pytest_timeout: bool, work: Path) -> List[Step]:
+              pytest_timeout: bool, work: Path, sanitizer_tried: Sequence[str] = ()) -> List[Step]:
     """The steps after setup and load, from what those found (or, for --dry-run, what is known)."""
     caps = dict(DEFAULT_CAPS)
     caps.update(a.caps)
@@ -920,7 +1075,7 @@ def make_plan(a, python: str, families: Dict[str, bool], have_gpu: bool, sanitiz
     steps.append(t)
     # sweep
     fams = [f for f in families if not a.families or f in a.families.split(",")]
-    s = Step("sweep", caps["sweep"], parallel=a.jobs)
+    s = Step("sweep", caps["sweep"])
     device = "cuda" if have_gpu else "cpu"
     for f in fams:
         if not families[f]:
@@ -934,25 +1089,35 @@ def make_plan(a, python: str, families: Dict[str, bool], have_gpu: bool, sanitiz
     s.skip = gpu_needed
     steps.append(s)
     # memcheck
-    mc = Step("memcheck", caps["memcheck"], parallel=a.jobs)
-    if sanitizer is None:
-        mc.skip = "compute-sanitizer was not found (PATH, /usr/local/cuda/bin)"
-    elif not have_gpu:
+    mc = Step("memcheck", caps["memcheck"])
+    if not have_gpu:
         mc.skip = "no CUDA GPU is visible"
+    elif sanitizer is None:
+        mc.skip = f"compute-sanitizer was not found (tried {', '.join(sanitizer_tried) or 'PATH'})"
+        mc.skip_status = UNAVAILABLE
     for f in fams:
         if not families[f]:
             continue
         slog = f"memcheck/{f}.sanitizer.log"
-        argv = [sanitizer or "compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3", "--print-limit", "20",
+        # --report-api-errors no: torch / Triton probe the driver (cuGetProcAddress ... CUDA_ERROR_NOT_FOUND);
+        # those API errors are not memory errors. Memory errors still end in --error-exitcode 3.
+        argv = [sanitizer or "compute-sanitizer", "--tool", "memcheck", "--report-api-errors", "no",
+                "--error-exitcode", "3", "--print-limit", "20",
                 "--log-file", str(work / slog), python, "-m", "qkernels.testing.sweep", "--family", f, "--cases",
                 str(a.memcheck_cases), "--small", "--seed", str(a.seed + 1), "--device", "cuda",
                 "--jsonl", str(work / f"memcheck/{f}.jsonl")]
         mc.jobs.append(Job("memcheck", f, argv, caps["memcheck"], f"memcheck/{f}.log",
                            {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "CUDA_MODULE_LOADING": "LAZY"}, "memcheck",
-                           {"sanitizer_log": slog}))
+                           {"sanitizer_log": slog, "jsonl": f"memcheck/{f}.jsonl", "cases": a.memcheck_cases}))
     mc.notes.append("the caching allocator is off (PYTORCH_NO_CUDA_MEMORY_CACHING=1) so an overrun into a "
                     f"neighbouring tensor is reported; {a.memcheck_cases} small cases per family")
     steps.append(mc)
+    # sweep and memcheck: every family at once (small cases, 16 cores); each job's CPU threads: cores / processes
+    s.parallel, mc.parallel = max(1, len(s.jobs)), max(1, len(mc.jobs))
+    for st in (t, s, mc):
+        threads = str(max(1, (os.cpu_count() or 16) // max(1, st.parallel)))
+        for j in st.jobs:
+            j.env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", threads))
     # tune
     tune_dir = work / "tune"
     tu = Step("tune", caps["tune"])
@@ -964,17 +1129,28 @@ def make_plan(a, python: str, families: Dict[str, bool], have_gpu: bool, sanitiz
     # bench
     be = Step("bench", caps["bench"])
     bench_args = shlex.split(a.bench_args)
+    if "--time-limit" not in bench_args:  # it stops starting shapes in time to write its files inside the cap
+        bench_args += ["--time-limit", f"{max(10, caps['bench'] - BENCH_MARGIN):.0f}"]
     be.jobs.append(Job("bench", "bench", [python, "-m", "qkernels", "bench", *bench_args, "--out-dir", str(work / "bench")],
-                       caps["bench"], "bench/bench.log", {}, "plain", {"configs_dir": str(tune_dir)}))
+                       caps["bench"], "bench/bench.log", {}, "plain",
+                       {"configs_dir": str(tune_dir), "post": lambda rec: _bench_post(rec, work / "bench/bench.log")}))
     be.notes.append("timed with the config the tune step wrote (QKERNELS_CONFIGS=<work>/tune) when it wrote one; "
                     "else with the shipped / compiled-in tables (the job's detail says which)")
     be.skip = None if have_gpu else "no CUDA GPU is visible"
     steps.append(be)
     keep = set(a.steps.split(",")) if a.steps else set(STEP_ORDER)
     for st in steps:
-        if st.name not in keep and not st.skip:
-            st.skip = f"not selected (--steps {a.steps})"
+        if st.name not in keep:
+            st.skip = st.skip or f"not selected (--steps {a.steps})"
+            st.skip_status = SKIPPED
     return steps
+
+
+def _bench_post(rec: Record, log: Path) -> None:
+    """The bench's own words on what its --time-limit left out (it still wrote its files)."""
+    lines = [ln.strip() for ln in _tail(log, 20_000).splitlines() if ln.startswith("qkernels bench: time limit")]
+    if lines:
+        rec.detail = (rec.detail + "; " if rec.detail else "") + lines[-1][:300]
 
 
 # ----------------------------------------------------------------- the window
@@ -996,6 +1172,8 @@ class Window:
     # -- bookkeeping
     def finalize(self, runner: Runner, running: Optional[str] = None) -> List[Path]:
         self.meta["elapsed"] = round(time.monotonic() - self.t0, 1)
+        if runner.stuck:
+            self.meta["stuck_processes"] = list(runner.stuck)
         md, js = build_summary(runner.records, self.meta, running, self.plan_names, runner.step_times, self.notes)
         (self.work / "summary.md").write_text(md)
         slug = self.meta.get("gpu_slug") or "unknown-gpu"
@@ -1039,7 +1217,7 @@ class Window:
         t0 = time.monotonic()
         runner.step_times["setup"] = {"cap": self.a.caps.get("setup", DEFAULT_CAPS["setup"]), "started": time.time()}
         self.env: Dict[str, str] = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
-                                    "QKERNELS_TEST_SEED": str(self.a.seed)}
+                                    "QKERNELS_TEST_SEED": str(self.a.seed), **JOB_ENV}
         pypath = [str(ROOT)]
         carry = Path(self.a.carry).resolve() if self.a.carry else None
         info: dict = {}
@@ -1094,7 +1272,7 @@ class Window:
                 job = Job("setup", "wheels", [self.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                                               "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site), *wheels],
                           min(60, self.a.caps.get("setup", DEFAULT_CAPS["setup"])), "setup/wheels.log")
-                rec = run_plain_job(runner, job, time.monotonic() + job.cap, dict(os.environ))
+                rec = run_plain_job(runner, job, time.monotonic() + job.cap, self.base_env())
                 rec.detail = f"{len(wheels)} wheels: " + (rec.detail or "installed")
                 runner.add(rec)
                 if rec.status == PASSED:
@@ -1186,13 +1364,13 @@ class Window:
             info = self.load(runner)
             fams = {f: bool(has) for f, has in (info.get("sweep_generators") or {}).items()}
             have_gpu = bool(info.get("cuda_available"))
-            sanitizer = find_sanitizer()
+            sanitizer, tried = find_sanitizer()
             pt_timeout = _has_module(self.python, "pytest_timeout")
-            steps = make_plan(a, self.python, fams, have_gpu, sanitizer, pt_timeout, self.work)
+            steps = make_plan(a, self.python, fams, have_gpu, sanitizer, pt_timeout, self.work, tried)
             for st in steps:
                 self.notes[st.name] = st.notes
                 if self.fatal:
-                    st.skip = self.fatal
+                    st.skip, st.skip_status = self.fatal, SKIPPED
             for st in steps:
                 self.finalize(runner, st.name)
                 run_step(runner, st, self.base_env())
@@ -1209,6 +1387,7 @@ class Window:
         print("\n" + md, flush=True)
         runner.say(f"returned files: {', '.join(f'{p.name} ({p.stat().st_size / 1024:.0f} KiB)' for p in files)}")
         js = json.loads((self.work / "summary.json").read_text())
+        print(compact_tail(js), end="", flush=True)  # the last lines: in the device tool's output tail
         return 0 if js["verdict"] == "PASS" else 1
 
     def dry_run(self) -> int:
@@ -1227,14 +1406,16 @@ class Window:
         print(f"  {self.python} -m pytest python_tests/test_registry.py -q -rA -p no:cacheprovider -p qkernels.testing.window_plugin")
         if why:
             print(f"\n(families could not be listed: {why})")
-        steps = make_plan(a, self.python, fams, True, find_sanitizer() or "compute-sanitizer", True, work)
+        steps = make_plan(a, self.python, fams, True, find_sanitizer()[0] or "compute-sanitizer", True, work)
         total = caps["setup"] + caps["load"]
         for st in steps:
             total += st.cap
             print(f"\nstep {st.name} (cap {st.cap:.0f}s, {st.parallel} at a time): {STEP_TITLES[st.name]}"
                   + (f"  [SKIPPED: {st.skip}]" if st.skip else ""))
-            for j in st.jobs:
-                print(f"  [{j.kind}, cap {j.cap:.0f}s] {j.shell()}")
+            for j in st.jobs:  # a sweep gets its deadline when it starts (epoch seconds)
+                margin = {"sweep": SWEEP_MARGIN, "memcheck": MEMCHECK_MARGIN}.get(j.kind)
+                print(f"  [{j.kind}, cap {j.cap:.0f}s] {j.shell()}"
+                      + (f" --deadline <its start + {max(1.0, j.cap - margin):.0f} s>" if margin else ""))
             for n in st.notes:
                 print(f"  note: {n}")
         print(f"\ncaps sum to {total:.0f} s of the {a.budget:.0f} s budget; then summary.md, summary.json, "

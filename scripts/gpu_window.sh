@@ -36,7 +36,9 @@ if [ ! -s "$OUT/summary.md" ]; then
     echo '```'
   } > "$OUT/summary.md"
   cp "$console" "$OUT/window.log"
-  [ -d /tmp/qk_window ] && tar -czf "$OUT/logs.tar.gz" -C /tmp --exclude=qk_window/lib --exclude=qk_window/site qk_window 2>/dev/null
+  W=${QK_WINDOW_WORK:-/tmp/qk_window}; w=$(basename "$W")
+  [ -d "$W" ] && tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$W")" --exclude="$w/lib" --exclude="$w/site" "$w" 2>/dev/null
+  cat "$OUT/summary.md"  # the last lines of the output: the device tool's output tail shows them
 fi
 rm -f "$console"
 exit "$rc"
