@@ -758,7 +758,7 @@ def _headline(js: dict) -> str:
     if js["running"]:
         return f"# GPU window: {js['verdict']} (still in step '{js['running']}' when written)"
     if js["verdict"] == "INCOMPLETE":
-        return "# GPU window: INCOMPLETE (no failure; time ran out: see 'Did not finish')"
+        return "# GPU window: INCOMPLETE (nothing failed outright, but time ran out: a slow or hung test or case is one cause; see 'Did not finish')"
     return f"# GPU window: {js['verdict']}"
 
 
